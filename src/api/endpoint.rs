@@ -1,0 +1,289 @@
+//! Every request is parsed into one `Endpoint` from its method and path, here and only here.
+//! Paths are read from the right (`.../manifests/<ref>`, `.../blobs/<digest>`,
+//! `.../tags/list`) so repository names of any depth work.
+
+use http::Method;
+
+use super::error::ApiError;
+use crate::registry::{Digest, Reference, RepoName, Tag};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /v2/`: the API version check.
+    Base,
+    /// `GET /v2/_catalog`
+    Catalog,
+    /// `GET|HEAD /v2/<name>/manifests/<reference>`
+    Manifest {
+        repo: RepoName,
+        reference: Reference,
+        head: bool,
+    },
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`
+    Blob {
+        repo: RepoName,
+        digest: Digest,
+        head: bool,
+    },
+    /// `GET /v2/<name>/tags/list`
+    Tags { repo: RepoName },
+}
+
+impl Endpoint {
+    /// A short name for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Endpoint::Base => "base",
+            Endpoint::Catalog => "catalog",
+            Endpoint::Manifest { .. } => "manifest",
+            Endpoint::Blob { .. } => "blob",
+            Endpoint::Tags { .. } => "tags",
+        }
+    }
+
+    pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
+        let read = *method == Method::GET || *method == Method::HEAD;
+        let head = *method == Method::HEAD;
+        let rest = path
+            .strip_prefix("/v2")
+            .ok_or_else(|| ApiError::not_found(path))?;
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return read.then_some(Endpoint::Base).ok_or_else(read_only);
+        }
+        if rest == "_catalog" {
+            return read.then_some(Endpoint::Catalog).ok_or_else(read_only);
+        }
+        if let Some(name) = rest.strip_suffix("/tags/list") {
+            let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            return read
+                .then_some(Endpoint::Tags { repo })
+                .ok_or_else(read_only);
+        }
+        if let Some((name, _)) = rest.split_once("/blobs/uploads") {
+            RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            return Err(ApiError::unsupported(
+                "cistern is a read-only pull-through mirror: blob uploads are not supported",
+            ));
+        }
+        if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+            let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            let reference = parse_reference(reference)?;
+            if !read {
+                return Err(read_only());
+            }
+            return Ok(Endpoint::Manifest {
+                repo,
+                reference,
+                head,
+            });
+        }
+        if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+            let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            let digest = digest.parse().map_err(ApiError::digest_invalid)?;
+            if !read {
+                return Err(read_only());
+            }
+            return Ok(Endpoint::Blob { repo, digest, head });
+        }
+        Err(ApiError::not_found(path))
+    }
+}
+
+/// A reference with a `:` can only be a digest; anything else must be a tag.
+fn parse_reference(raw: &str) -> Result<Reference, ApiError> {
+    if raw.contains(':') {
+        raw.parse()
+            .map(Reference::Digest)
+            .map_err(ApiError::digest_invalid)
+    } else {
+        Tag::parse(raw)
+            .map(Reference::Tag)
+            .map_err(ApiError::tag_invalid)
+    }
+}
+
+fn read_only() -> ApiError {
+    ApiError::unsupported(
+        "cistern is a read-only pull-through mirror: push and delete are not supported",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn name(n: &str) -> RepoName {
+        RepoName::parse(n).unwrap()
+    }
+
+    fn tag(t: &str) -> Reference {
+        Reference::Tag(Tag::parse(t).unwrap())
+    }
+
+    #[test]
+    fn parses_every_endpoint() {
+        let get = Method::GET;
+        let head = Method::HEAD;
+        let digest: Digest = D.parse().unwrap();
+        let cases: Vec<(&Method, String, Endpoint)> = vec![
+            (&get, "/v2/".into(), Endpoint::Base),
+            (&get, "/v2".into(), Endpoint::Base),
+            (&head, "/v2/".into(), Endpoint::Base),
+            (&get, "/v2/_catalog".into(), Endpoint::Catalog),
+            (
+                &get,
+                "/v2/alpine/manifests/latest".into(),
+                Endpoint::Manifest {
+                    repo: name("library/alpine"),
+                    reference: tag("latest"),
+                    head: false,
+                },
+            ),
+            (
+                &head,
+                format!("/v2/a/b/c/d/e/f/g/h/manifests/{D}"),
+                Endpoint::Manifest {
+                    repo: name("a/b/c/d/e/f/g/h"),
+                    reference: Reference::Digest(digest.clone()),
+                    head: true,
+                },
+            ),
+            (
+                &get,
+                format!("/v2/library/alpine/blobs/{D}"),
+                Endpoint::Blob {
+                    repo: name("library/alpine"),
+                    digest: digest.clone(),
+                    head: false,
+                },
+            ),
+            (
+                &head,
+                format!("/v2/x/blobs/{D}"),
+                Endpoint::Blob {
+                    repo: name("library/x"),
+                    digest,
+                    head: true,
+                },
+            ),
+            (
+                &get,
+                "/v2/org/app/tags/list".into(),
+                Endpoint::Tags {
+                    repo: name("org/app"),
+                },
+            ),
+            // A repository may itself be called "manifests", "blobs" or "tags".
+            (
+                &get,
+                "/v2/blobs/tags/tags/list".into(),
+                Endpoint::Tags {
+                    repo: name("blobs/tags"),
+                },
+            ),
+            (
+                &get,
+                "/v2/a/manifests/manifests/v1".into(),
+                Endpoint::Manifest {
+                    repo: name("a/manifests"),
+                    reference: tag("v1"),
+                    head: false,
+                },
+            ),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(
+                Endpoint::parse(method, &path).unwrap(),
+                expected,
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_with_the_right_code() {
+        let cases: Vec<(Method, String, &str, u16)> = vec![
+            (
+                Method::GET,
+                "/v2/UPPER/manifests/latest".into(),
+                "NAME_INVALID",
+                400,
+            ),
+            (Method::GET, "/v2/a//b/blobs/x".into(), "NAME_INVALID", 400),
+            (
+                Method::GET,
+                "/v2/a/blobs/sha256:abc".into(),
+                "DIGEST_INVALID",
+                400,
+            ),
+            (
+                Method::GET,
+                "/v2/a/blobs/notadigest".into(),
+                "DIGEST_INVALID",
+                400,
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/md5:abc".into(),
+                "DIGEST_INVALID",
+                400,
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/-bad".into(),
+                "TAG_INVALID",
+                400,
+            ),
+            (
+                Method::PUT,
+                "/v2/a/manifests/latest".into(),
+                "UNSUPPORTED",
+                405,
+            ),
+            (
+                Method::DELETE,
+                format!("/v2/a/manifests/{D}"),
+                "UNSUPPORTED",
+                405,
+            ),
+            (
+                Method::DELETE,
+                format!("/v2/a/blobs/{D}"),
+                "UNSUPPORTED",
+                405,
+            ),
+            (
+                Method::POST,
+                "/v2/a/blobs/uploads/".into(),
+                "UNSUPPORTED",
+                405,
+            ),
+            (
+                Method::PATCH,
+                "/v2/a/blobs/uploads/123".into(),
+                "UNSUPPORTED",
+                405,
+            ),
+            (
+                Method::PUT,
+                "/v2/a/blobs/uploads/123?digest=x".into(),
+                "UNSUPPORTED",
+                405,
+            ),
+            (Method::POST, "/v2/".into(), "UNSUPPORTED", 405),
+            (Method::GET, "/v2/a/nothing".into(), "NOT_FOUND", 404),
+            (Method::GET, "/v3/".into(), "NOT_FOUND", 404),
+        ];
+        for (method, path, code, status) in cases {
+            let err = Endpoint::parse(&method, &path).unwrap_err();
+            assert_eq!(
+                (err.code(), err.status().as_u16()),
+                (code, status),
+                "{method} {path}"
+            );
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The only place an error becomes an HTTP status and an OCI error body:
+//! `{"errors":[{"code":"...","message":"...","detail":...}]}`.
+//! Errors are not logged here; the request log middleware logs each failed request once,
+//! reading the message this module leaves in the response's extensions.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::json;
+
+use crate::cache::CacheError;
+use crate::registry::{DigestError, NameError, TagError};
+use crate::storage::StorageError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    headers: Vec<(header::HeaderName, String)>,
+}
+
+/// The message of a failed request, for the request log.
+#[derive(Clone, Debug)]
+pub struct ErrorMessage(pub String);
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn name_invalid(e: NameError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
+    }
+
+    pub fn digest_invalid(e: DigestError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+    }
+
+    pub fn tag_invalid(e: TagError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "TAG_INVALID", e.to_string())
+    }
+
+    pub fn pagination_invalid(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "PAGINATION_NUMBER_INVALID",
+            message,
+        )
+    }
+
+    pub fn unsupported(message: &str) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", message)
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no registry API endpoint at {path}"),
+        )
+    }
+}
+
+impl From<CacheError> for ApiError {
+    fn from(e: CacheError) -> Self {
+        let message = e.to_string();
+        match e {
+            CacheError::ManifestUnknown { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message)
+            }
+            CacheError::BlobUnknown { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message)
+            }
+            CacheError::NameUnknown { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
+            }
+            CacheError::RangeNotSatisfiable { size } => {
+                Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", message)
+                    .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
+            }
+            CacheError::DigestMismatch { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
+            }
+            CacheError::Upstream(e) => e.into(),
+            CacheError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        let message = e.to_string();
+        match e {
+            UpstreamError::Status {
+                status: 401 | 403, ..
+            }
+            | UpstreamError::TokenRefused { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "DENIED", message)
+            }
+            UpstreamError::Status {
+                status: 429,
+                retry_after,
+                ..
+            } => {
+                let error = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+                match retry_after {
+                    Some(after) => error.with_header(header::RETRY_AFTER, after),
+                    None => error,
+                }
+            }
+            UpstreamError::Status { status: 404, .. } => {
+                Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
+            }
+            UpstreamError::Status { .. } | UpstreamError::Unreachable { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
+            }
+            UpstreamError::BadResponse { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
+            }
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "errors": [{ "code": self.code, "message": self.message, "detail": null }]
+        });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response.extensions_mut().insert(ErrorMessage(self.message));
+        response
+    }
+}

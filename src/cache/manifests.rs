@@ -1,0 +1,319 @@
+//! Manifests: stored byte for byte with upstream's media type, verified against their digest,
+//! and served by tag under the tag freshness rules.
+
+use bytes::Bytes;
+
+use super::records::{now_ms, ManifestLink, TagRecord};
+use super::{Cache, CacheError};
+use crate::registry::{accepts, upstream_accept, Digest, Reference, RepoName, Tag};
+use crate::storage::layout;
+use crate::upstream::ManifestHead;
+
+/// A manifest to serve; `body` is None when only its headers were asked for (HEAD).
+pub struct ManifestAnswer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub body: Option<Bytes>,
+}
+
+impl Cache {
+    /// The manifest `reference` names in `repo`, for a client that sent `accept`.
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: Option<&str>,
+        want_body: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let result = match reference {
+            Reference::Digest(digest) => self.manifest_by_digest(repo, digest, want_body).await,
+            Reference::Tag(tag) => self.manifest_by_tag(repo, tag, accept, want_body).await,
+        };
+        result.map_err(|e| match e {
+            CacheError::Upstream(e) if e.is_not_found() => CacheError::ManifestUnknown {
+                repo: repo.clone(),
+                reference: reference.to_string(),
+            },
+            other => other,
+        })
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        want_body: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        if let Some(answer) = self.cached_manifest(repo, digest, want_body).await? {
+            return Ok(answer);
+        }
+        let reference = Reference::Digest(digest.clone());
+        let accept = upstream_accept(None);
+        if self
+            .storage()
+            .size_of(&layout::content(digest))
+            .await?
+            .is_some()
+        {
+            // Stored for another repository: serve it here only if upstream confirms that this
+            // repository holds it too (a free HEAD), or a private manifest would leak.
+            let head = self
+                .upstream()
+                .head_manifest(repo, &reference, &accept)
+                .await?;
+            self.link_manifest(repo, digest, &head.media_type, head.size)
+                .await?;
+            if let Some(answer) = self.cached_manifest(repo, digest, want_body).await? {
+                return Ok(answer);
+            }
+        }
+        if !want_body {
+            let head = self
+                .upstream()
+                .head_manifest(repo, &reference, &accept)
+                .await?;
+            return Ok(head_answer(head));
+        }
+        self.fetch_manifest(repo, &reference, &accept).await
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: Option<&str>,
+        want_body: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let record: Option<TagRecord> = self
+            .storage()
+            .read_record(&layout::tag_record(repo, tag))
+            .await?;
+        let record = record.and_then(|r| Some((r.digest.parse::<Digest>().ok()?, r)));
+        if let Some((digest, record)) = &record {
+            let fresh = now_ms().saturating_sub(record.checked_at_ms)
+                < self.inner.tag_ttl.as_millis() as u64;
+            if fresh && accepts(accept, &record.media_type) {
+                return self.manifest_by_digest(repo, digest, want_body).await;
+            }
+        }
+        let outcome = if record.is_none() && want_body {
+            self.fetch_cold_tag(repo, tag, accept).await
+        } else {
+            self.revalidate_tag(repo, tag, accept, want_body).await
+        };
+        match outcome {
+            Ok(answer) => Ok(answer),
+            Err(CacheError::Upstream(e)) if !e.is_not_found() => {
+                let Some((digest, _)) = &record else {
+                    return Err(e.into());
+                };
+                let Some(answer) = self.cached_manifest(repo, digest, want_body).await? else {
+                    return Err(e.into());
+                };
+                tracing::warn!(
+                    repository = %repo, tag = %tag, digest = %digest, error = %e,
+                    "upstream failed to revalidate the tag; serving the cached manifest"
+                );
+                Ok(answer)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A tag we have never seen: one GET (not HEAD then GET), recorded for later clients.
+    async fn fetch_cold_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: Option<&str>,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let reference = Reference::Tag(tag.clone());
+        let answer = self
+            .fetch_manifest(repo, &reference, &upstream_accept(accept))
+            .await?;
+        self.record_tag(repo, tag, &answer.digest, &answer.media_type, answer.size)
+            .await?;
+        if accepts(accept, &answer.media_type) {
+            Ok(answer)
+        } else {
+            self.fetch_manifest(repo, &reference, accept.unwrap_or_default())
+                .await
+        }
+    }
+
+    /// Asks upstream what the tag points to now, with a HEAD when we know the tag (free on
+    /// Docker Hub) and a GET only for a manifest we do not hold.
+    async fn revalidate_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: Option<&str>,
+        want_body: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let reference = Reference::Tag(tag.clone());
+        let upstream_accept = upstream_accept(accept);
+        let head = match self
+            .upstream()
+            .head_manifest(repo, &reference, &upstream_accept)
+            .await
+        {
+            Ok(head) => head,
+            Err(e) if e.is_not_found() => {
+                self.storage()
+                    .delete(&layout::tag_record(repo, tag))
+                    .await?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.record_tag(repo, tag, &head.digest, &head.media_type, head.size)
+            .await?;
+        if !accepts(accept, &head.media_type) {
+            // This client cannot read what the tag holds (e.g. an index for an old client):
+            // let upstream pick the form it can read, without changing the tag record.
+            let client_accept = accept.unwrap_or_default();
+            return self.fetch_manifest(repo, &reference, client_accept).await;
+        }
+        if let Some(answer) = self.cached_manifest(repo, &head.digest, want_body).await? {
+            return Ok(answer);
+        }
+        if !want_body {
+            return Ok(head_answer(head));
+        }
+        let by_digest = Reference::Digest(head.digest.clone());
+        self.fetch_manifest(repo, &by_digest, &upstream_accept)
+            .await
+    }
+
+    async fn record_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+    ) -> Result<(), CacheError> {
+        let record = TagRecord {
+            digest: digest.to_string(),
+            media_type: media_type.to_owned(),
+            size,
+            checked_at_ms: now_ms(),
+        };
+        self.storage()
+            .write_record(&layout::tag_record(repo, tag), &record)
+            .await?;
+        Ok(())
+    }
+
+    /// GETs a manifest from upstream, verifies it, and stores it for `repo`.
+    async fn fetch_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let fetched = self
+            .upstream()
+            .get_manifest(repo, reference, accept)
+            .await?;
+        // Verify against the digest asked for, or else the one upstream claims for the tag.
+        let expected = match reference {
+            Reference::Digest(digest) => Some(digest.clone()),
+            Reference::Tag(_) => fetched.digest_header.clone(),
+        };
+        let digest = match expected {
+            Some(expected) => {
+                let mut hasher = expected.hasher();
+                hasher.update(&fetched.bytes);
+                let actual = hasher.finish();
+                if actual != expected {
+                    return Err(CacheError::DigestMismatch {
+                        what: "manifest",
+                        url: format!(
+                            "{}v2/{repo}/manifests/{reference}",
+                            self.upstream().base_url()
+                        ),
+                        expected,
+                        actual,
+                    });
+                }
+                actual
+            }
+            None => Digest::sha256_of(&fetched.bytes),
+        };
+        let size = fetched.bytes.len() as u64;
+        let content = layout::content(&digest);
+        if self.storage().size_of(&content).await? != Some(size) {
+            self.storage()
+                .write_small(&content, fetched.bytes.clone())
+                .await?;
+        }
+        self.link_manifest(repo, &digest, &fetched.media_type, size)
+            .await?;
+        Ok(ManifestAnswer {
+            digest,
+            media_type: fetched.media_type,
+            size,
+            body: Some(fetched.bytes),
+        })
+    }
+
+    async fn link_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+    ) -> Result<(), CacheError> {
+        let link = ManifestLink {
+            media_type: media_type.to_owned(),
+            size,
+        };
+        self.storage()
+            .write_record(&layout::manifest_link(repo, digest), &link)
+            .await?;
+        Ok(())
+    }
+
+    /// The manifest from storage, if this repository holds it.
+    async fn cached_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        want_body: bool,
+    ) -> Result<Option<ManifestAnswer>, CacheError> {
+        let link: Option<ManifestLink> = self
+            .storage()
+            .read_record(&layout::manifest_link(repo, digest))
+            .await?;
+        let Some(link) = link else { return Ok(None) };
+        let content = layout::content(digest);
+        let (size, body) = if want_body {
+            match self.storage().read_small(&content).await? {
+                Some(bytes) => (bytes.len() as u64, Some(bytes)),
+                None => return Ok(None),
+            }
+        } else {
+            match self.storage().size_of(&content).await? {
+                Some(size) => (size, None),
+                None => return Ok(None),
+            }
+        };
+        Ok(Some(ManifestAnswer {
+            digest: digest.clone(),
+            media_type: link.media_type,
+            size,
+            body,
+        }))
+    }
+}
+
+fn head_answer(head: ManifestHead) -> ManifestAnswer {
+    ManifestAnswer {
+        digest: head.digest,
+        media_type: head.media_type,
+        size: head.size,
+        body: None,
+    }
+}

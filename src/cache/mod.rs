@@ -1,0 +1,79 @@
+//! The pull-through policy: answer from storage when we may, otherwise fetch from upstream,
+//! verify, store, and answer. The HTTP layer above only translates requests and errors.
+
+mod blobs;
+mod fill;
+mod manifests;
+mod records;
+mod tags;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::registry::{Digest, RepoName};
+use crate::storage::{Storage, StorageError};
+use crate::upstream::{Upstream, UpstreamError};
+
+pub use blobs::{BlobAnswer, ByteRange};
+pub use manifests::ManifestAnswer;
+pub use tags::{paginate, TagListPage};
+
+/// Why the cache could not answer. The API layer turns each into an OCI error.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("manifest {reference} is unknown to repository {repo}")]
+    ManifestUnknown { repo: RepoName, reference: String },
+    #[error("blob {digest} is unknown to repository {repo}")]
+    BlobUnknown { repo: RepoName, digest: Digest },
+    #[error("repository {repo} is unknown upstream")]
+    NameUnknown { repo: RepoName },
+    #[error("{what} from {url} does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: &'static str,
+        url: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("requested range is not within the blob's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Storage,
+    upstream: Upstream,
+    tag_ttl: Duration,
+}
+
+impl Cache {
+    pub fn new(storage: Storage, upstream: Upstream, tag_ttl: Duration) -> Self {
+        Cache {
+            inner: Arc::new(Inner {
+                storage,
+                upstream,
+                tag_ttl,
+            }),
+        }
+    }
+
+    fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    fn upstream(&self) -> &Upstream {
+        &self.inner.upstream
+    }
+
+    /// Every repository with something cached, sorted.
+    pub async fn repositories(&self) -> Result<Vec<String>, CacheError> {
+        Ok(self.storage().list_repositories().await?)
+    }
+}

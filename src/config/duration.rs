@@ -1,0 +1,48 @@
+//! Durations as Distribution writes them (`168h`, `10s`, `1h30m`), plus `0` for "never".
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Written {
+    Text(String),
+    Number(u64),
+}
+
+pub fn deserialize_optional<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let written = Option::<Written>::deserialize(deserializer)
+        .map_err(|_| serde::de::Error::custom("expected a duration such as 90s, 10m or 168h"))?;
+    match written {
+        None => Ok(None),
+        Some(Written::Number(0)) => Ok(Some(Duration::ZERO)),
+        Some(Written::Number(n)) => Err(serde::de::Error::custom(format!(
+            "{n} has no unit; write e.g. {n}s"
+        ))),
+        Some(Written::Text(text)) => parse(&text).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn parse(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as 90s, 10m or 168h: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_durations() {
+        assert_eq!(parse("168h").unwrap(), Duration::from_secs(168 * 3600));
+        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("0").unwrap(), Duration::ZERO);
+        assert!(parse("soon").is_err());
+    }
+}

@@ -1,0 +1,419 @@
+//! cistern's configuration: CNCF Distribution's `config.yml` schema where the two overlap
+//! (so a registry:2 proxy config runs unchanged), with cistern's extensions beside it.
+
+mod duration;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use url::Url;
+
+pub use schema::SchemaError;
+
+/// Docker Hub's registry endpoint, the upstream when the config names none.
+pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
+/// Default for `proxy.tagttl`: how long a tag is served without asking upstream.
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(5 * 60);
+/// Default for `proxy.ttl`, as in Distribution: cached content expires after a week.
+pub const DEFAULT_CONTENT_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    pub proxy: ProxyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `host:port` to listen on; Distribution's `:5000` means all interfaces.
+    pub addr: String,
+    /// Extra headers on every response (`http.headers`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub root_directory: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub remote_url: Url,
+    pub credentials: Option<Credentials>,
+    /// How long cached content is kept; zero keeps it for ever.
+    pub content_ttl: Duration,
+    /// How long a tag is trusted before it is revalidated with an upstream HEAD.
+    pub tag_ttl: Duration,
+}
+
+/// Upstream credentials. The password is a secret: it never reaches logs or `Debug` output.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive, from `log.level`.
+    pub level: String,
+}
+
+/// Why a configuration could not be loaded. Every variant names the file or the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{0}")]
+    Schema(#[from] SchemaError),
+    #[error("configuration key `{key}` has a bad value: {reason}")]
+    BadValue { key: String, reason: String },
+}
+
+/// A loaded configuration and what the operator should be told about it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads a configuration file and applies `REGISTRY_*` overrides from `env`.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let document: Value =
+            serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Yaml {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_document(document, env)
+    }
+
+    /// Builds a configuration from YAML text, for tests and embedding.
+    pub fn from_yaml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let document: Value =
+            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml {
+                path: PathBuf::from("<inline>"),
+                source,
+            })?;
+        Self::from_document(document, env)
+    }
+
+    fn from_document(
+        mut document: Value,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut warnings = Vec::new();
+        for var in schema::apply_env_overrides(&mut document, env) {
+            warnings.push(format!(
+                "ignoring environment variable {var}: it names no configuration key"
+            ));
+        }
+        for key in schema::check(&document)? {
+            warnings.push(format!(
+                "configuration key `{key}` is part of Distribution's schema but not implemented by cistern; it is ignored"
+            ));
+        }
+        if document.is_null() {
+            document = Value::Mapping(Default::default());
+        }
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(document).map_err(|e| ConfigError::BadValue {
+                key: e.path().to_string(),
+                reason: e.inner().to_string(),
+            })?;
+        Ok(Loaded {
+            config: raw.validate()?,
+            warnings,
+        })
+    }
+}
+
+/// The file as written, before defaults and validation. Unknown keys were already rejected by
+/// the schema check, so serde may skip the ignored ones here.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawConfig {
+    http: RawHttp,
+    storage: RawStorage,
+    proxy: RawProxy,
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawHttp {
+    addr: Option<String>,
+    headers: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawStorage {
+    filesystem: RawFilesystem,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawFilesystem {
+    rootdirectory: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawProxy {
+    remoteurl: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(deserialize_with = "duration::deserialize_optional")]
+    ttl: Option<Duration>,
+    #[serde(deserialize_with = "duration::deserialize_optional")]
+    tagttl: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawLog {
+    level: Option<String>,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        Ok(Config {
+            http: self.http.validate()?,
+            storage: StorageConfig {
+                root_directory: PathBuf::from(
+                    self.storage
+                        .filesystem
+                        .rootdirectory
+                        .unwrap_or_else(|| "./storage".to_owned()),
+                ),
+            },
+            proxy: self.proxy.validate()?,
+            log: self.log.validate()?,
+        })
+    }
+}
+
+impl RawHttp {
+    fn validate(self) -> Result<HttpConfig, ConfigError> {
+        let addr = listen_address(self.addr.as_deref().unwrap_or(":5000"))?;
+        let mut headers = Vec::new();
+        for (name, values) in self.headers {
+            let key = format!("http.headers.{name}");
+            let header_name =
+                HeaderName::try_from(name.as_str()).map_err(|e| bad(&key, e.to_string()))?;
+            for value in values {
+                let header_value =
+                    HeaderValue::try_from(value).map_err(|e| bad(&key, e.to_string()))?;
+                headers.push((header_name.clone(), header_value));
+            }
+        }
+        Ok(HttpConfig { addr, headers })
+    }
+}
+
+/// Turns Distribution's `:5000` (all interfaces) into an address a socket can bind.
+fn listen_address(addr: &str) -> Result<String, ConfigError> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| bad("http.addr", format!("{addr:?} has no port (e.g. :5000)")))?;
+    port.parse::<u16>()
+        .map_err(|_| bad("http.addr", format!("{addr:?} has no valid port")))?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok(format!("{host}:{port}"))
+}
+
+impl RawProxy {
+    fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        let remote = self.remoteurl.as_deref().unwrap_or(DOCKER_HUB);
+        let remote_url = Url::parse(remote)
+            .map_err(|e| bad("proxy.remoteurl", format!("{remote:?} is not a URL: {e}")))?;
+        if !matches!(remote_url.scheme(), "http" | "https") || remote_url.host().is_none() {
+            return Err(bad(
+                "proxy.remoteurl",
+                format!("{remote:?} must be an http:// or https:// URL with a host"),
+            ));
+        }
+        let credentials = match (self.username, self.password) {
+            (None, None) => None,
+            (Some(username), Some(password)) if !username.is_empty() => Some(Credentials {
+                username,
+                password: SecretString::from(password),
+            }),
+            (Some(_), Some(_)) => return Err(bad("proxy.username", "must not be empty")),
+            (Some(_), None) => {
+                return Err(bad(
+                    "proxy.password",
+                    "missing: proxy.username is set, so a password or access token is needed",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "proxy.username",
+                    "missing: proxy.password is set, so a username is needed",
+                ))
+            }
+        };
+        Ok(ProxyConfig {
+            remote_url,
+            credentials,
+            content_ttl: self.ttl.unwrap_or(DEFAULT_CONTENT_TTL),
+            tag_ttl: self.tagttl.unwrap_or(DEFAULT_TAG_TTL),
+        })
+    }
+}
+
+impl RawLog {
+    fn validate(self) -> Result<LogConfig, ConfigError> {
+        let level = self.level.unwrap_or_else(|| "info".to_owned());
+        match level.as_str() {
+            "error" | "warn" | "info" | "debug" | "trace" => Ok(LogConfig { level }),
+            other => Err(bad(
+                "log.level",
+                format!("{other:?} is not one of error, warn, info, debug, trace"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const DISTRIBUTION_EXAMPLE: &str = r#"
+version: 0.1
+log: {fields: {service: registry}}
+storage:
+  cache: {blobdescriptor: inmemory}
+  filesystem: {rootdirectory: /var/lib/registry}
+http:
+  addr: :5000
+  headers: {X-Content-Type-Options: [nosniff]}
+health: {storagedriver: {enabled: true, interval: 10s, threshold: 3}}
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: someuser
+  password: some-access-token
+"#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn distribution_proxy_config_loads_unchanged() {
+        let loaded = Config::from_yaml(DISTRIBUTION_EXAMPLE, no_env()).unwrap();
+        let c = loaded.config;
+        assert_eq!(c.http.addr, "0.0.0.0:5000");
+        assert_eq!(c.http.headers.len(), 1);
+        assert_eq!(c.storage.root_directory, PathBuf::from("/var/lib/registry"));
+        assert_eq!(c.proxy.remote_url.as_str(), "https://registry-1.docker.io/");
+        let creds = c.proxy.credentials.unwrap();
+        assert_eq!(creds.username, "someuser");
+        assert_eq!(creds.password.expose_secret(), "some-access-token");
+        assert_eq!(c.proxy.tag_ttl, DEFAULT_TAG_TTL);
+        assert_eq!(loaded.warnings.len(), 3, "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn empty_file_means_anonymous_docker_hub_on_5000() {
+        let c = Config::from_yaml("", no_env()).unwrap().config;
+        assert_eq!(c.http.addr, "0.0.0.0:5000");
+        assert_eq!(c.proxy.remote_url.as_str(), "https://registry-1.docker.io/");
+        assert!(c.proxy.credentials.is_none());
+        assert_eq!(c.storage.root_directory, PathBuf::from("./storage"));
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let env = [
+            ("REGISTRY_PROXY_USERNAME", "envuser"),
+            ("REGISTRY_PROXY_PASSWORD", "123456"),
+            ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"),
+            ("REGISTRY_PROXY_TAGTTL", "90s"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::from_yaml(DISTRIBUTION_EXAMPLE, env).unwrap().config;
+        assert_eq!(c.http.addr, "127.0.0.1:6000");
+        let creds = c.proxy.credentials.unwrap();
+        assert_eq!(creds.username, "envuser");
+        assert_eq!(creds.password.expose_secret(), "123456");
+        assert_eq!(c.proxy.tag_ttl, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("proxy: {tagttl: soon}", "proxy.tagttl"),
+            ("proxy: {remoteurl: 'not a url'}", "proxy.remoteurl"),
+            ("proxy: {remoteurl: 'ftp://x'}", "proxy.remoteurl"),
+            ("proxy: {username: u}", "proxy.password"),
+            ("http: {addr: nowhere}", "http.addr"),
+            (
+                "http: {headers: {'Bad Header': [x]}}",
+                "http.headers.Bad Header",
+            ),
+            ("log: {level: loud}", "log.level"),
+            ("proxy: {ttl: [1]}", "proxy.ttl"),
+            ("http: {addr: [1]}", "http.addr"),
+        ];
+        for (yaml, key) in cases {
+            let err = Config::from_yaml(yaml, no_env()).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::BadValue { key: k, .. } if k == key),
+                "{yaml}: {err}"
+            );
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_stops_start_up_with_its_name() {
+        let err =
+            Config::from_yaml("proxy: {remoteurl: https://x, tagtl: 1m}", no_env()).unwrap_err();
+        assert!(err.to_string().contains("`proxy.tagtl`"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let c = Config::from_yaml(DISTRIBUTION_EXAMPLE, no_env())
+            .unwrap()
+            .config;
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("some-access-token"), "{debug}");
+    }
+}

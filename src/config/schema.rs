@@ -1,0 +1,285 @@
+//! Which configuration keys exist: CNCF Distribution's schema, the part of it cistern
+//! implements, and cistern's own extensions. A registry:2 user's file must load unchanged, so
+//! Distribution keys we do not implement are accepted with a warning; a key neither schema
+//! knows is a typo, and stops start-up.
+
+use serde_yaml_ng::{Mapping, Value};
+
+/// One node of the key tree.
+pub enum Key {
+    /// A key cistern reads; its value is a scalar or a list.
+    Used,
+    /// A key cistern reads whose value is a mapping with these children.
+    Section(&'static [(&'static str, Key)]),
+    /// A key cistern reads whose value is a mapping with free-form keys (e.g. `http.headers`).
+    FreeMap,
+    /// A Distribution key cistern accepts but does not implement; anything below it is accepted.
+    Ignored,
+}
+
+use Key::{FreeMap, Ignored, Section, Used};
+
+pub const ROOT: Key = Section(&[
+    ("version", Used),
+    (
+        "log",
+        Section(&[
+            ("level", Used),
+            ("formatter", Ignored),
+            ("fields", Ignored),
+            ("accesslog", Ignored),
+            ("hooks", Ignored),
+            ("reportcaller", Ignored),
+        ]),
+    ),
+    ("loglevel", Ignored),
+    (
+        "storage",
+        Section(&[
+            (
+                "filesystem",
+                Section(&[("rootdirectory", Used), ("maxthreads", Ignored)]),
+            ),
+            ("inmemory", Ignored),
+            ("s3", Ignored),
+            ("gcs", Ignored),
+            ("azure", Ignored),
+            ("swift", Ignored),
+            ("oss", Ignored),
+            ("cache", Ignored),
+            ("maintenance", Ignored),
+            ("delete", Ignored),
+            ("redirect", Ignored),
+            ("tag", Ignored),
+        ]),
+    ),
+    ("auth", Ignored),
+    ("middleware", Ignored),
+    ("reporting", Ignored),
+    (
+        "http",
+        Section(&[
+            ("addr", Used),
+            ("headers", FreeMap),
+            ("net", Ignored),
+            ("prefix", Ignored),
+            ("host", Ignored),
+            ("secret", Ignored),
+            ("relativeurls", Ignored),
+            ("draintimeout", Ignored),
+            ("tls", Ignored),
+            ("debug", Ignored),
+            ("http2", Ignored),
+            ("h2c", Ignored),
+        ]),
+    ),
+    ("notifications", Ignored),
+    ("redis", Ignored),
+    ("health", Ignored),
+    (
+        "proxy",
+        Section(&[
+            ("remoteurl", Used),
+            ("username", Used),
+            ("password", Used),
+            ("ttl", Used),
+            ("exec", Ignored),
+            // cistern's extension: how long a tag is trusted before revalidating upstream.
+            ("tagttl", Used),
+        ]),
+    ),
+    ("validation", Ignored),
+    ("compatibility", Ignored),
+    ("policy", Ignored),
+    ("catalog", Ignored),
+]);
+
+/// A problem with one key, named by its dotted path.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error("unknown configuration key `{0}`: it is neither a CNCF Distribution key nor a cistern extension")]
+    UnknownKey(String),
+    #[error("configuration key `{0}` must be a mapping of keys to values")]
+    NotAMapping(String),
+    #[error("configuration key `{0}` must be a string")]
+    KeyNotAString(String),
+}
+
+/// Checks every key of `document` against the schema. Returns the dotted paths of accepted
+/// but unimplemented Distribution keys, one per key, for the caller to warn about.
+pub fn check(document: &Value) -> Result<Vec<String>, SchemaError> {
+    let mut ignored = Vec::new();
+    check_node(&ROOT, document, "", &mut ignored)?;
+    Ok(ignored)
+}
+
+fn check_node(
+    key: &Key,
+    value: &Value,
+    path: &str,
+    ignored: &mut Vec<String>,
+) -> Result<(), SchemaError> {
+    match key {
+        Used | FreeMap => Ok(()),
+        Ignored => {
+            ignored.push(path.to_owned());
+            Ok(())
+        }
+        Section(children) => {
+            let mapping = match value {
+                Value::Null => return Ok(()),
+                Value::Mapping(m) => m,
+                _ => return Err(SchemaError::NotAMapping(path.to_owned())),
+            };
+            for (name, child_value) in mapping {
+                let name = name
+                    .as_str()
+                    .ok_or_else(|| SchemaError::KeyNotAString(path.to_owned()))?;
+                let child_path = join(path, name);
+                let (_, child) = children
+                    .iter()
+                    .find(|(known, _)| *known == name)
+                    .ok_or_else(|| SchemaError::UnknownKey(child_path.clone()))?;
+                check_node(child, child_value, &child_path, ignored)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// Applies Distribution-style overrides such as `REGISTRY_PROXY_PASSWORD=...` (the variable
+/// names the key path, joined with `_`). Returns the variables that name no known key: like
+/// Distribution, those are reported and ignored, since CI environments often carry unrelated
+/// `REGISTRY_*` variables.
+pub fn apply_env_overrides(
+    document: &mut Value,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Vec<String> {
+    let mut unrecognised = Vec::new();
+    let mut vars: Vec<_> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("REGISTRY_"))
+        .collect();
+    vars.sort();
+    for (name, value) in vars {
+        let segments: Vec<String> = name["REGISTRY_".len()..]
+            .split('_')
+            .map(str::to_ascii_lowercase)
+            .collect();
+        match resolve_env_path(&segments) {
+            Some(path) => set_path(document, &path, Value::String(value)),
+            None => unrecognised.push(name),
+        }
+    }
+    unrecognised
+}
+
+/// Maps the segments of an environment variable onto key names, or None when they name no key.
+fn resolve_env_path(segments: &[String]) -> Option<Vec<String>> {
+    let mut key = &ROOT;
+    let mut path = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        match key {
+            Section(children) => {
+                let (name, child) = children.iter().find(|(known, _)| known == segment)?;
+                path.push((*name).to_owned());
+                key = child;
+            }
+            // Below these any key is acceptable; header names use '-' not '_', so the rest of
+            // the variable is one key.
+            FreeMap | Ignored => {
+                path.push(segments[i..].join("_"));
+                return Some(path);
+            }
+            Used => return None,
+        }
+    }
+    if path.is_empty() {
+        None
+    } else {
+        Some(path)
+    }
+}
+
+fn set_path(document: &mut Value, path: &[String], value: Value) {
+    let mut node = document;
+    for name in path {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(map) = node else {
+            unreachable!("made a mapping above")
+        };
+        node = map
+            .entry(Value::String(name.clone()))
+            .or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Value {
+        serde_yaml_ng::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn accepts_distribution_keys_with_one_warning_each() {
+        let doc = yaml(
+            "version: 0.1\nlog: {fields: {service: registry}}\nstorage: {cache: {blobdescriptor: inmemory}, filesystem: {rootdirectory: /x}}\nhealth: {storagedriver: {enabled: true}}\nproxy: {remoteurl: https://r}\n",
+        );
+        let mut ignored = check(&doc).unwrap();
+        ignored.sort();
+        assert_eq!(ignored, ["health", "log.fields", "storage.cache"]);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_by_path() {
+        let doc = yaml("proxy: {remoteurl: https://r, pasword: x}\n");
+        assert_eq!(
+            check(&doc).unwrap_err(),
+            SchemaError::UnknownKey("proxy.pasword".into())
+        );
+        let doc = yaml("proxyy: {}\n");
+        assert_eq!(
+            check(&doc).unwrap_err(),
+            SchemaError::UnknownKey("proxyy".into())
+        );
+        let doc = yaml("proxy: 3\n");
+        assert_eq!(
+            check(&doc).unwrap_err(),
+            SchemaError::NotAMapping("proxy".into())
+        );
+    }
+
+    #[test]
+    fn env_overrides_set_known_paths_and_report_the_rest() {
+        let mut doc = yaml("proxy: {remoteurl: https://r}\n");
+        let unknown = apply_env_overrides(
+            &mut doc,
+            [
+                ("REGISTRY_PROXY_PASSWORD".to_owned(), "s3cret".to_owned()),
+                ("REGISTRY_HTTP_ADDR".to_owned(), ":6000".to_owned()),
+                ("REGISTRY_STORAGE_S3_BUCKET".to_owned(), "b".to_owned()),
+                ("REGISTRY_URL".to_owned(), "x".to_owned()),
+                ("REGISTRY_PROXY_PASSWORD_X".to_owned(), "x".to_owned()),
+                ("PATH".to_owned(), "/bin".to_owned()),
+            ],
+        );
+        assert_eq!(unknown, ["REGISTRY_PROXY_PASSWORD_X", "REGISTRY_URL"]);
+        assert_eq!(doc["proxy"]["password"].as_str(), Some("s3cret"));
+        assert_eq!(doc["proxy"]["remoteurl"].as_str(), Some("https://r"));
+        assert_eq!(doc["http"]["addr"].as_str(), Some(":6000"));
+        assert_eq!(doc["storage"]["s3"]["bucket"].as_str(), Some("b"));
+    }
+}

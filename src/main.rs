@@ -1,0 +1,73 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use cistern::config::Config;
+
+/// cistern: a pull-through caching mirror for Docker Hub.
+///
+/// Point Docker at it with `"registry-mirrors": ["http://HOST:5000"]` in daemon.json, or a
+/// dind service with `--registry-mirror http://HOST:5000`. The configuration file uses CNCF
+/// Distribution's schema (a registry:2 proxy config works unchanged); every key can be
+/// overridden by a REGISTRY_* environment variable, e.g. REGISTRY_PROXY_PASSWORD.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Path of the configuration file (Distribution's config.yml schema).
+    #[arg(short, long, default_value = "config.yml", env = "CISTERN_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match Config::load(&cli.config, std::env::vars()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("cistern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = loaded.config;
+    // RUST_LOG wins over log.level, for debugging one module.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("cistern={}", config.log.level)));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    for warning in loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let listener = match TcpListener::bind(&config.http.addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(addr = %config.http.addr, error = %e, "cannot listen (http.addr)");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cistern::serve(&config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,121 @@
+use std::fmt;
+
+/// A repository name as the OCI distribution spec defines it, normalised the way Docker Hub
+/// expects: a one-segment name such as `alpine` means `library/alpine`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoName(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("repository name {0:?} is longer than {MAX_NAME_LEN} characters")]
+    TooLong(String),
+    #[error("repository name {0:?} is invalid: each path component must be lowercase letters and digits, optionally separated by '.', '_', '__' or dashes")]
+    BadComponent(String),
+}
+
+/// Distribution refuses names longer than this, and so do we.
+const MAX_NAME_LEN: usize = 255;
+
+impl RepoName {
+    /// Parses a name from a request path and applies Docker Hub's `library/` rule.
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        if raw.is_empty() || !raw.split('/').all(is_valid_component) {
+            return Err(NameError::BadComponent(raw.to_owned()));
+        }
+        let normalised = if raw.contains('/') {
+            raw.to_owned()
+        } else {
+            format!("library/{raw}")
+        };
+        if normalised.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong(raw.to_owned()));
+        }
+        Ok(RepoName(normalised))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: alphanumeric runs joined by single separators.
+fn is_valid_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let is_alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut i = 0;
+    loop {
+        let run_start = i;
+        while i < bytes.len() && is_alnum(bytes[i]) {
+            i += 1;
+        }
+        if i == run_start {
+            return false; // empty component, leading separator, or two separators in a row
+        }
+        if i == bytes.len() {
+            return true;
+        }
+        let separator_start = i;
+        while i < bytes.len() && !is_alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[separator_start..i];
+        let allowed = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+        if !allowed {
+            return false;
+        }
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_and_normalises_valid_names() {
+        let cases = [
+            ("alpine", "library/alpine"),
+            ("library/alpine", "library/alpine"),
+            ("bitnami/redis", "bitnami/redis"),
+            ("a/b/c/d/e/f/g/h", "a/b/c/d/e/f/g/h"),
+            ("my-org/my.app__x/v1_2", "my-org/my.app__x/v1_2"),
+            ("a--b/c", "a--b/c"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                RepoName::parse(input).unwrap().as_str(),
+                expected,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_names() {
+        for input in [
+            "", "Alpine", "a//b", "/a", "a/", "-a", "a-", "a...b", "a___b", "a_-b", "a b",
+            "a/../b", "ümlaut",
+        ] {
+            assert!(
+                matches!(RepoName::parse(input), Err(NameError::BadComponent(_))),
+                "{input:?}"
+            );
+        }
+        let long = "a".repeat(256);
+        assert!(matches!(
+            RepoName::parse(&format!("x/{long}")),
+            Err(NameError::TooLong(_))
+        ));
+    }
+}

@@ -1,0 +1,84 @@
+//! Every storage key cistern uses is built here, so the layout can be read in one place:
+//!
+//! ```text
+//! blobs/<alg>/<first two hex>/<hex>              content: layers, configs and manifests, by digest
+//! repositories/<name>/_blobs/<alg>/<hex>         link: this repository holds this blob
+//! repositories/<name>/_manifests/<alg>/<hex>     link: this repository holds this manifest (+ media type)
+//! repositories/<name>/_tags/<tag>                tag record: digest, media type, when it was checked
+//! ```
+//! Content is stored once; links say which repository may serve it (a blob fetched for a
+//! private repository must not be readable through a public name). Repository name components
+//! never start with `_`, so the `_blobs`, `_manifests` and `_tags` folders cannot collide with
+//! a nested repository.
+
+use object_store::path::Path;
+
+use crate::registry::{Digest, RepoName, Tag};
+
+pub const REPOSITORIES: &str = "repositories";
+/// Separates a repository's name from its records in a key.
+pub const RECORDS_MARKER: &str = "/_";
+
+pub fn content(digest: &Digest) -> Path {
+    let hex = digest.hex();
+    Path::from(format!(
+        "blobs/{}/{}/{}",
+        digest.algorithm().as_str(),
+        &hex[..2],
+        hex
+    ))
+}
+
+pub fn blob_link(repo: &RepoName, digest: &Digest) -> Path {
+    Path::from(format!(
+        "{REPOSITORIES}/{repo}/_blobs/{}/{}",
+        digest.algorithm().as_str(),
+        digest.hex()
+    ))
+}
+
+pub fn manifest_link(repo: &RepoName, digest: &Digest) -> Path {
+    Path::from(format!(
+        "{REPOSITORIES}/{repo}/_manifests/{}/{}",
+        digest.algorithm().as_str(),
+        digest.hex()
+    ))
+}
+
+pub fn tag_record(repo: &RepoName, tag: &Tag) -> Path {
+    Path::from(format!("{REPOSITORIES}/{repo}/_tags/{tag}"))
+}
+
+pub fn tags_of(repo: &RepoName) -> Path {
+    Path::from(format!("{REPOSITORIES}/{repo}/_tags"))
+}
+
+/// The repository a key under `repositories/` belongs to, if it is a record key.
+pub fn repository_of(key: &Path) -> Option<&str> {
+    let rest = key.as_ref().strip_prefix(REPOSITORIES)?.strip_prefix('/')?;
+    rest.find(RECORDS_MARKER).map(|end| &rest[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_their_repository() {
+        let repo = RepoName::parse("a/b/c").unwrap();
+        let digest = Digest::sha256_of(b"x");
+        let tag = Tag::parse("v1").unwrap();
+        assert_eq!(
+            content(&digest).as_ref(),
+            format!("blobs/sha256/{}/{}", &digest.hex()[..2], digest.hex())
+        );
+        for key in [
+            blob_link(&repo, &digest),
+            manifest_link(&repo, &digest),
+            tag_record(&repo, &tag),
+        ] {
+            assert_eq!(repository_of(&key), Some("a/b/c"), "{key}");
+        }
+        assert_eq!(repository_of(&content(&digest)), None);
+    }
+}

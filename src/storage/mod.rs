@@ -1,0 +1,207 @@
+//! The storage facade: everything cistern keeps goes through here, over any
+//! `object_store::ObjectStore` (the local filesystem today; S3, GCS or Azure later).
+
+pub mod layout;
+mod writer;
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use writer::ContentWriter;
+
+/// A storage failure, naming the key it happened on.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage error on key {key}: {source}")]
+    Store {
+        key: String,
+        source: object_store::Error,
+    },
+    #[error("record {key} in storage is corrupt: {source}")]
+    CorruptRecord {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot create storage root {path}: {source}")]
+    Root {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    fn store(key: &Path, source: object_store::Error) -> Self {
+        StorageError::Store {
+            key: key.to_string(),
+            source,
+        }
+    }
+}
+
+/// A stored object's bytes as a stream, with the part of it the stream covers.
+pub struct StoredRead {
+    pub total_size: u64,
+    pub range: Range<u64>,
+    pub body: BoxStream<'static, Result<Bytes, std::io::Error>>,
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Storage {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Storage { store }
+    }
+
+    /// A filesystem store rooted at `root`, created if missing.
+    pub fn filesystem(root: &FsPath) -> Result<Self, StorageError> {
+        let root_error = |source| StorageError::Root {
+            path: root.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(root_error)?;
+        let store = LocalFileSystem::new_with_prefix(root)
+            .map_err(|e| root_error(std::io::Error::other(e)))?
+            .with_automatic_cleanup(true);
+        Ok(Storage::new(Arc::new(store)))
+    }
+
+    /// The size of the object at `key`, or None if it does not exist.
+    pub async fn size_of(&self, key: &Path) -> Result<Option<u64>, StorageError> {
+        match self.store.head(key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store(key, e)),
+        }
+    }
+
+    /// Streams the object at `key` from `offset` (None if it does not exist).
+    pub async fn read_from(
+        &self,
+        key: &Path,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<StoredRead>, StorageError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        match self.store.get_opts(key, options).await {
+            Ok(result) => {
+                let total_size = result.meta.size;
+                let range = result.range.clone();
+                let key_name = key.to_string();
+                let body = result
+                    .into_stream()
+                    .map_err(move |e| {
+                        std::io::Error::other(format!("reading storage key {key_name}: {e}"))
+                    })
+                    .boxed();
+                Ok(Some(StoredRead {
+                    total_size,
+                    range,
+                    body,
+                }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store(key, e)),
+        }
+    }
+
+    /// The whole object at `key` in memory; only for small objects such as manifests.
+    pub async fn read_small(&self, key: &Path) -> Result<Option<Bytes>, StorageError> {
+        match self.store.get(key).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| StorageError::store(key, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store(key, e)),
+        }
+    }
+
+    /// Writes a small object in one atomic put.
+    pub async fn write_small(&self, key: &Path, bytes: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(key, PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| StorageError::store(key, e))
+    }
+
+    pub async fn read_record<T: DeserializeOwned>(
+        &self,
+        key: &Path,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.read_small(key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StorageError::CorruptRecord {
+                key: key.to_string(),
+                source,
+            })
+    }
+
+    pub async fn write_record<T: Serialize>(
+        &self,
+        key: &Path,
+        record: &T,
+    ) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(record).expect("records serialise to JSON");
+        self.write_small(key, Bytes::from(bytes)).await
+    }
+
+    pub async fn delete(&self, key: &Path) -> Result<(), StorageError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StorageError::store(key, e)),
+        }
+    }
+
+    /// Starts writing content that becomes visible at `key` only when committed.
+    pub async fn begin_write(&self, key: &Path) -> Result<ContentWriter, StorageError> {
+        ContentWriter::begin(self.store.as_ref(), key).await
+    }
+
+    /// The last segment of every key below `prefix`, sorted.
+    pub async fn list_names(&self, prefix: &Path) -> Result<Vec<String>, StorageError> {
+        let mut names: Vec<String> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location.filename().unwrap_or_default().to_owned())
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store(prefix, e))?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every repository with at least one record, sorted.
+    pub async fn list_repositories(&self) -> Result<Vec<String>, StorageError> {
+        let prefix = Path::from(layout::REPOSITORIES);
+        let repositories: BTreeSet<String> = self
+            .store
+            .list(Some(&prefix))
+            .try_filter_map(|meta| async move {
+                Ok(layout::repository_of(&meta.location).map(str::to_owned))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store(&prefix, e))?;
+        Ok(repositories.into_iter().collect())
+    }
+}

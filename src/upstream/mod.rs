@@ -1,0 +1,402 @@
+//! The upstream registry client: Docker Hub's token flow, redirects to its CDN, and errors
+//! that name the upstream URL.
+
+mod challenge;
+mod error;
+mod token;
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use secrecy::ExposeSecret;
+use url::Url;
+
+use crate::config::{Credentials, ProxyConfig};
+use crate::registry::{Digest, Reference, RepoName};
+pub use challenge::Challenge;
+pub use error::UpstreamError;
+use token::TokenCache;
+
+/// Deadline for requests whose answer is small (manifests, tags, tokens, HEADs). Blob bodies get
+/// no overall deadline, only a per-read one, since a large layer can take as long as it needs.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_REDIRECTS: usize = 5;
+
+/// A manifest as upstream sent it.
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    /// The digest upstream claims in `Docker-Content-Digest`, checked against the bytes.
+    pub digest_header: Option<Digest>,
+}
+
+/// What an upstream manifest HEAD says.
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A page of an upstream tag list.
+pub struct TagPage {
+    pub tags: Vec<String>,
+    /// Upstream said there is a next page.
+    pub more: bool,
+}
+
+pub struct Upstream {
+    http: reqwest::Client,
+    base: Url,
+    credentials: Option<Credentials>,
+    /// The challenge upstream last answered with, so later requests authenticate up front
+    /// instead of paying for a 401 first.
+    challenge: RwLock<Option<Challenge>>,
+    tokens: TokenCache,
+}
+
+impl Upstream {
+    pub fn new(config: &ProxyConfig) -> Result<Self, UpstreamError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(concat!("cistern/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| UpstreamError::unreachable(config.remote_url.as_str(), e))?;
+        Ok(Upstream {
+            http,
+            base: config.remote_url.clone(),
+            credentials: config.credentials.clone(),
+            challenge: RwLock::new(None),
+            tokens: TokenCache::default(),
+        })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, repo: &RepoName, tail: &str) -> String {
+        format!(
+            "{}/v2/{repo}/{tail}",
+            self.base.as_str().trim_end_matches('/')
+        )
+    }
+
+    /// GET a manifest, verifying it against the digest when one was asked for.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let url = self.url(repo, &format!("manifests/{reference}"));
+        let response = self
+            .send(repo, Method::GET, &url, accept_header(accept), true)
+            .await?;
+        let response = expect_success(response, &url)?;
+        let media_type = content_type(response.headers());
+        let digest_header = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError::unreachable(&url, e))?;
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest_header,
+        })
+    }
+
+    /// HEAD a manifest: its digest without spending Docker Hub pull quota.
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let url = self.url(repo, &format!("manifests/{reference}"));
+        let response = self
+            .send(repo, Method::HEAD, &url, accept_header(accept), true)
+            .await?;
+        let response = expect_success(response, &url)?;
+        let headers = response.headers();
+        let digest = headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok())
+            .ok_or_else(|| UpstreamError::BadResponse {
+                url: url.clone(),
+                reason: "manifest HEAD has no valid Docker-Content-Digest header".to_owned(),
+            })?;
+        Ok(ManifestHead {
+            digest,
+            media_type: content_type(headers),
+            size: content_length(headers).unwrap_or(0),
+        })
+    }
+
+    /// GET a blob; the response body is streamed by the caller.
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let response = self
+            .send(repo, Method::GET, &url, HeaderMap::new(), false)
+            .await?;
+        expect_success(response, &url)
+    }
+
+    /// HEAD a blob: its size, without downloading it.
+    pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let response = self
+            .send(repo, Method::HEAD, &url, HeaderMap::new(), true)
+            .await?;
+        let response = expect_success(response, &url)?;
+        content_length(response.headers()).ok_or_else(|| UpstreamError::BadResponse {
+            url,
+            reason: "blob HEAD has no Content-Length".to_owned(),
+        })
+    }
+
+    /// One page of the repository's tags.
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<TagPage, UpstreamError> {
+        let mut url = Url::parse(&self.url(repo, "tags/list"))
+            .map_err(|e| UpstreamError::bad_response(self.base.as_str(), e))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(n) = n {
+                query.append_pair("n", &n.to_string());
+            }
+            if let Some(last) = last {
+                query.append_pair("last", last);
+            }
+        }
+        let url = url.to_string();
+        let response = self
+            .send(repo, Method::GET, &url, HeaderMap::new(), true)
+            .await?;
+        let response = expect_success(response, &url)?;
+        let more = response.headers().contains_key(header::LINK);
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let list: TagList = response
+            .json()
+            .await
+            .map_err(|e| UpstreamError::bad_response(&url, e))?;
+        Ok(TagPage {
+            tags: list.tags.unwrap_or_default(),
+            more,
+        })
+    }
+
+    /// Sends a request with whatever authentication upstream asks for: on a 401 it learns the
+    /// challenge, fetches a fresh token, and retries once. Redirects (Docker Hub sends blob GETs
+    /// to its CDN) are followed without the Authorization header when they leave the origin.
+    async fn send(
+        &self,
+        repo: &RepoName,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        metadata: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let scope = format!("repository:{repo}:pull");
+        let known = self.known_challenge();
+        let mut authorization = match &known {
+            Some(challenge) => self.authorization(challenge, &scope, false).await?,
+            None => None,
+        };
+        let mut response = self
+            .send_following_redirects(&method, url, &headers, authorization.as_ref(), metadata)
+            .await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let challenge = response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse);
+            let Some(challenge) = challenge else {
+                return Ok(response); // nothing we can answer; the caller reports the 401
+            };
+            // A 401 despite a token we believed valid means it was revoked: fetch a new one.
+            let refresh = known.as_ref() == Some(&challenge);
+            *self.challenge.write().expect("challenge lock poisoned") = Some(challenge.clone());
+            authorization = self.authorization(&challenge, &scope, refresh).await?;
+            if authorization.is_some() {
+                response = self
+                    .send_following_redirects(
+                        &method,
+                        url,
+                        &headers,
+                        authorization.as_ref(),
+                        metadata,
+                    )
+                    .await?;
+            }
+        }
+        Ok(response)
+    }
+
+    fn known_challenge(&self) -> Option<Challenge> {
+        self.challenge
+            .read()
+            .expect("challenge lock poisoned")
+            .clone()
+    }
+
+    async fn authorization(
+        &self,
+        challenge: &Challenge,
+        scope: &str,
+        refresh: bool,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        let value = match challenge {
+            Challenge::Bearer { realm, service } => {
+                let token = self
+                    .tokens
+                    .token(
+                        &self.http,
+                        self.credentials.as_ref(),
+                        realm,
+                        service.as_deref(),
+                        scope,
+                        refresh,
+                    )
+                    .await?;
+                format!("Bearer {}", token.expose_secret())
+            }
+            Challenge::Basic => {
+                let Some(c) = &self.credentials else {
+                    return Ok(None);
+                };
+                use base64::Engine as _;
+                let pair = format!("{}:{}", c.username, c.password.expose_secret());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }
+        };
+        let mut value = HeaderValue::try_from(value).map_err(|_| UpstreamError::BadResponse {
+            url: self.base.to_string(),
+            reason: "token is not a valid header value".to_owned(),
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    async fn send_following_redirects(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &HeaderMap,
+        authorization: Option<&HeaderValue>,
+        metadata: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let origin = Url::parse(url).map_err(|e| UpstreamError::bad_response(url, e))?;
+        let mut current = origin.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self
+                .http
+                .request(method.clone(), current.clone())
+                .headers(headers.clone());
+            // The CDN a blob redirects to gets a pre-signed URL and must never see our token.
+            if let Some(auth) = authorization.filter(|_| same_origin(&current, &origin)) {
+                request = request.header(header::AUTHORIZATION, auth.clone());
+            }
+            if metadata {
+                request = request.timeout(METADATA_TIMEOUT);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| UpstreamError::unreachable(current.as_str(), e))?;
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| UpstreamError::BadResponse {
+                    url: current.to_string(),
+                    reason: format!("{} redirect without a Location", response.status()),
+                })?;
+            current = current
+                .join(location)
+                .map_err(|e| UpstreamError::bad_response(current.as_str(), e))?;
+        }
+        Err(UpstreamError::BadResponse {
+            url: url.to_owned(),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn accept_header(accept: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::try_from(accept) {
+        headers.insert(header::ACCEPT, value);
+    }
+    headers
+}
+
+fn expect_success(
+    response: reqwest::Response,
+    url: &str,
+) -> Result<reqwest::Response, UpstreamError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Err(UpstreamError::Status {
+        url: url.to_owned(),
+        status: status.as_u16(),
+        retry_after,
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}

@@ -48,13 +48,22 @@ pub struct TagPage {
     pub more: bool,
 }
 
+/// What we know about how upstream wants to be authenticated.
+#[derive(Clone, Default)]
+enum Probe {
+    #[default]
+    NotYet,
+    Anonymous,
+    Challenged(Challenge),
+}
+
 pub struct Upstream {
     http: reqwest::Client,
     base: Url,
     credentials: Option<Credentials>,
-    /// The challenge upstream last answered with, so later requests authenticate up front
-    /// instead of paying for a 401 first.
-    challenge: RwLock<Option<Challenge>>,
+    /// The challenge upstream answers with, learnt once from `GET /v2/` as clients do, so
+    /// requests authenticate up front instead of each paying for a 401 first.
+    challenge: RwLock<Probe>,
     tokens: TokenCache,
 }
 
@@ -71,7 +80,7 @@ impl Upstream {
             http,
             base: config.remote_url.clone(),
             credentials: config.credentials.clone(),
-            challenge: RwLock::new(None),
+            challenge: RwLock::new(Probe::NotYet),
             tokens: TokenCache::default(),
         })
     }
@@ -220,7 +229,7 @@ impl Upstream {
         metadata: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
         let scope = format!("repository:{repo}:pull");
-        let known = self.known_challenge();
+        let known = self.known_challenge().await;
         let mut authorization = match &known {
             Some(challenge) => self.authorization(challenge, &scope, false).await?,
             None => None,
@@ -239,7 +248,8 @@ impl Upstream {
             };
             // A 401 despite a token we believed valid means it was revoked: fetch a new one.
             let refresh = known.as_ref() == Some(&challenge);
-            *self.challenge.write().expect("challenge lock poisoned") = Some(challenge.clone());
+            *self.challenge.write().expect("challenge lock poisoned") =
+                Probe::Challenged(challenge.clone());
             authorization = self.authorization(&challenge, &scope, refresh).await?;
             if authorization.is_some() {
                 response = self
@@ -256,11 +266,42 @@ impl Upstream {
         Ok(response)
     }
 
-    fn known_challenge(&self) -> Option<Challenge> {
-        self.challenge
+    /// The challenge upstream answers with, probing `GET /v2/` the first time. A failed probe
+    /// is not remembered: the request itself will meet the 401 and learn from it.
+    async fn known_challenge(&self) -> Option<Challenge> {
+        let probe = self
+            .challenge
             .read()
             .expect("challenge lock poisoned")
-            .clone()
+            .clone();
+        match probe {
+            Probe::Challenged(challenge) => return Some(challenge),
+            Probe::Anonymous => return None,
+            Probe::NotYet => {}
+        }
+        let url = format!("{}/v2/", self.base.as_str().trim_end_matches('/'));
+        let response = self
+            .http
+            .get(&url)
+            .timeout(METADATA_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        let learnt = match response.status() {
+            StatusCode::UNAUTHORIZED => response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse)
+                .map(Probe::Challenged)?,
+            status if status.is_success() => Probe::Anonymous,
+            _ => return None,
+        };
+        *self.challenge.write().expect("challenge lock poisoned") = learnt.clone();
+        match learnt {
+            Probe::Challenged(challenge) => Some(challenge),
+            _ => None,
+        }
     }
 
     async fn authorization(

@@ -1,0 +1,300 @@
+//! Shared test harness: a fake Docker Hub, test images, and cistern running in-process on
+//! 127.0.0.1:0 against it.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use upstream::{sha256, FakeUpstream, PASSWORD, USER};
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The Accept list dockerd sends.
+pub const DOCKER_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+
+/// cistern serving in this process.
+pub struct Mirror {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub storage: PathBuf,
+    _storage_dir: tempfile::TempDir,
+    _shutdown: oneshot::Sender<()>,
+}
+
+pub struct MirrorSetup<'a> {
+    pub remote: &'a str,
+    pub credentials: bool,
+    pub tag_ttl: &'a str,
+}
+
+impl<'a> MirrorSetup<'a> {
+    pub fn new(remote: &'a str) -> Self {
+        MirrorSetup {
+            remote,
+            credentials: true,
+            tag_ttl: "1h",
+        }
+    }
+
+    pub fn tag_ttl(mut self, ttl: &'a str) -> Self {
+        self.tag_ttl = ttl;
+        self
+    }
+
+    pub fn anonymous(mut self) -> Self {
+        self.credentials = false;
+        self
+    }
+
+    pub async fn start(self) -> Mirror {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = if self.credentials {
+            format!("  username: {USER}\n  password: {PASSWORD}\n")
+        } else {
+            String::new()
+        };
+        let yaml = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  tagttl: {}\n{credentials}",
+            dir.path().display(),
+            self.remote,
+            self.tag_ttl
+        );
+        let config = cistern::config::Config::from_yaml(&yaml, Vec::new())
+            .unwrap()
+            .config;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            cistern::serve(&config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Mirror {
+            url,
+            http: reqwest::Client::new(),
+            storage: dir.path().to_owned(),
+            _storage_dir: dir,
+            _shutdown: tx,
+        }
+    }
+}
+
+impl Mirror {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn head(&self, path: &str) -> reqwest::Response {
+        self.http
+            .head(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/v2/{repo}/manifests/{reference}", self.url))
+            .header("accept", DOCKER_ACCEPT)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pulls an image the way dockerd does: the tag, then every manifest and blob it names.
+    /// Checks every digest and returns all the bytes it received.
+    pub async fn pull(&self, repo: &str, tag: &str) -> Vec<(String, Bytes)> {
+        let mut received = Vec::new();
+        let top = self.get_manifest(repo, tag).await;
+        assert_eq!(top.status(), 200, "manifest {repo}:{tag}");
+        let digest = header(&top, "docker-content-digest");
+        let bytes = top.bytes().await.unwrap();
+        assert_eq!(sha256(&bytes), digest, "tag manifest digest");
+        let document: Value = serde_json::from_slice(&bytes).unwrap();
+        received.push((digest, bytes));
+        let mut manifests = Vec::new();
+        if let Some(list) = document["manifests"].as_array() {
+            for entry in list {
+                let digest = entry["digest"].as_str().unwrap();
+                let response = self.get_manifest(repo, digest).await;
+                assert_eq!(response.status(), 200, "manifest {digest}");
+                let bytes = response.bytes().await.unwrap();
+                assert_eq!(sha256(&bytes), digest);
+                manifests.push(serde_json::from_slice::<Value>(&bytes).unwrap());
+                received.push((digest.to_owned(), bytes));
+            }
+        } else {
+            manifests.push(document);
+        }
+        for manifest in manifests {
+            let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+            for layer in manifest["layers"].as_array().unwrap() {
+                blobs.push(layer["digest"].as_str().unwrap().to_owned());
+            }
+            for digest in blobs {
+                let response = self.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+                assert_eq!(response.status(), 200, "blob {digest}");
+                let bytes = response.bytes().await.unwrap();
+                assert_eq!(sha256(&bytes), digest, "blob bytes");
+                received.push((digest, bytes));
+            }
+        }
+        received
+    }
+
+    /// Whether a blob or manifest's content is stored.
+    pub fn has_content(&self, digest: &str) -> bool {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.storage
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .exists()
+    }
+
+    /// Every file under the storage root, relative to it.
+    pub fn stored_files(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        walk(&self.storage, &self.storage, &mut files);
+        files.sort();
+        files
+    }
+}
+
+fn walk(root: &Path, dir: &Path, files: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(root, &path, files);
+        } else {
+            files.push(path.strip_prefix(root).unwrap().display().to_string());
+        }
+    }
+}
+
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The OCI error code of an error response.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["errors"][0]["code"].as_str().unwrap().to_owned()
+}
+
+/// Deterministic blob content of `len` bytes, different per `seed`.
+pub fn content(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut state = u64::from_le_bytes(sha2_prefix(seed));
+    while out.len() < len {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha2_prefix(seed: &str) -> [u8; 8] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(seed.as_bytes())[..8]
+        .try_into()
+        .unwrap()
+}
+
+/// A test image as stored upstream.
+pub struct Image {
+    /// What the tag points to.
+    pub digest: String,
+    pub blobs: Vec<String>,
+}
+
+/// A single-platform image: a config and two layers, one spanning many chunks.
+pub fn add_image(
+    up: &FakeUpstream,
+    repo: &str,
+    tag: Option<&str>,
+    media_type: &str,
+    seed: &str,
+) -> Image {
+    let config = up.add_blob(
+        repo,
+        format!(r#"{{"architecture":"{seed}","os":"linux"}}"#).as_bytes(),
+    );
+    let small = up.add_blob(repo, &content(&format!("{seed}-small"), 1000));
+    let large = up.add_blob(
+        repo,
+        &content(&format!("{seed}-large"), 3 * 1024 * 1024 + 17),
+    );
+    let (config_type, layer_type) = if media_type == DOCKER_MANIFEST {
+        (
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
+    } else {
+        (
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
+    };
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": config_type, "digest": config, "size": 0},
+        "layers": [
+            {"mediaType": layer_type, "digest": small, "size": 1000},
+            {"mediaType": layer_type, "digest": large, "size": 3 * 1024 * 1024 + 17},
+        ],
+    });
+    // Pretty-printed on purpose: a mirror that re-serialises would change the digest.
+    let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+    let digest = up.add_manifest(repo, tag, media_type, &bytes);
+    Image {
+        digest,
+        blobs: vec![config, small, large],
+    }
+}
+
+/// A multi-arch OCI index over amd64 and arm64 images; returns (index, per-platform images).
+pub fn add_multi_arch(up: &FakeUpstream, repo: &str, tag: &str) -> (Image, Vec<Image>) {
+    let platforms = ["amd64", "arm64"];
+    let images: Vec<Image> = platforms
+        .iter()
+        .map(|arch| add_image(up, repo, None, OCI_MANIFEST, &format!("{repo}-{arch}")))
+        .collect();
+    let entries: Vec<Value> = images
+        .iter()
+        .zip(platforms)
+        .map(|(image, arch)| {
+            json!({"mediaType": OCI_MANIFEST, "digest": image.digest, "size": 0,
+                   "platform": {"architecture": arch, "os": "linux"}})
+        })
+        .collect();
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    let bytes = serde_json::to_vec_pretty(&index).unwrap();
+    let digest = up.add_manifest(repo, Some(tag), OCI_INDEX, &bytes);
+    let blobs = images.iter().flat_map(|i| i.blobs.clone()).collect();
+    (Image { digest, blobs }, images)
+}

@@ -68,6 +68,13 @@ pub struct FakeUpstream {
     pub url: String,
 }
 
+impl Upstream {
+    /// Forgets every token issued, as if they were revoked.
+    pub fn revoke_tokens(&self) {
+        self.tokens.lock().unwrap().clear();
+    }
+}
+
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
         let state = Arc::new(Upstream::default());

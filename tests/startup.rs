@@ -1,0 +1,168 @@
+//! The `cistern` binary: a registry:2 proxy config starts it unchanged; a typo stops it.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("config.yml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn distribution_proxy_config_runs_unchanged() {
+    let up = FakeUpstream::start().await;
+    let image = add_image(&up, "private/secret", Some("1.0"), OCI_MANIFEST, "secret");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Distribution's documented proxy example, with our local upstream and a temp root.
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {root}
+http:
+  addr: 127.0.0.1:{port}
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+proxy:
+  remoteurl: {remote}
+  username: {USER}
+  password: {PASSWORD}
+"#,
+            root = dir.path().join("storage").display(),
+            remote = up.url,
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cistern"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "cistern=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = http.get(format!("{url}/v2/")).send().await {
+            assert_eq!(response.status(), 200);
+            assert_eq!(header(&response, "x-content-type-options"), "nosniff");
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "cistern exited at start"
+        );
+        assert!(Instant::now() < deadline, "cistern did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = http
+        .get(format!("{url}/v2/private/secret/manifests/1.0"))
+        .header("accept", DOCKER_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "docker-content-digest"), image.digest);
+
+    child.kill().unwrap();
+    let mut output = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    child.wait().unwrap();
+    for key in ["log.fields", "storage.cache", "health"] {
+        assert_eq!(
+            output.matches(&format!("`{key}`")).count(),
+            1,
+            "one warning for {key}:\n{output}"
+        );
+    }
+    assert!(
+        !output.contains(PASSWORD),
+        "the password never reaches the log:\n{output}"
+    );
+    assert!(
+        !output.contains("fake-token-"),
+        "nor the upstream token:\n{output}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_values_stop_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "proxy:\n  remoteurl: http://127.0.0.1:1\n  tagtll: 5m\n",
+            "proxy.tagtll",
+        ),
+        ("proxy:\n  tagttl: soon\n", "proxy.tagttl"),
+        ("http:\n  addr: nowhere\n", "http.addr"),
+    ];
+    for (text, key) in cases {
+        let config = write_config(dir.path(), text);
+        let output = Command::new(env!("CARGO_BIN_EXE_cistern"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{key} named in: {stderr}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_cistern"))
+        .arg("--config")
+        .arg(dir.path().join("missing.yml"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.yml"));
+}
+
+#[test]
+fn help_explains_the_flags() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cistern"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--config"), "{help}");
+    assert!(help.contains("registry-mirrors"), "{help}");
+}

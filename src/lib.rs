@@ -32,11 +32,13 @@ pub enum StartError {
     },
 }
 
-/// The whole application for `config`: storage, upstream client and router.
+/// The whole application for `config`: storage, upstream client, router, and the background
+/// expiry sweep (so it must be called within a Tokio runtime).
 pub fn app(config: &Config) -> Result<Router, StartError> {
     let storage = Storage::filesystem(&config.storage.root_directory)?;
     let upstream = Upstream::new(&config.proxy)?;
-    let cache = Cache::new(storage, upstream, config.proxy.tag_ttl);
+    let cache = Cache::new(storage.clone(), upstream, config.proxy.tag_ttl);
+    cache::spawn_expiry(storage, config.proxy.content_ttl);
     let state = api::AppState {
         cache,
         extra_headers: Arc::new(config.http.headers.clone()),

@@ -146,3 +146,30 @@ async fn unreachable_upstream_is_a_clear_error_not_a_hang() {
         .await;
     assert_eq!(response.status(), 503);
 }
+
+#[tokio::test]
+async fn content_expires_after_proxy_ttl_and_is_fetched_again() {
+    let up = FakeUpstream::start().await;
+    let image = add_image(
+        &up,
+        "library/alpine",
+        Some("latest"),
+        OCI_MANIFEST,
+        "alpine",
+    );
+    let mirror = MirrorSetup::new(&up.url).content_ttl("2s").start().await;
+    let cold = mirror.pull("alpine", "latest").await;
+    assert!(mirror.has_content(&image.blobs[0]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !mirror.stored_files().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            mirror.stored_files()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let gets = up.count(Method::GET, "/blobs/");
+    assert_eq!(mirror.pull("alpine", "latest").await, cold);
+    assert_eq!(up.count(Method::GET, "/blobs/"), gets + image.blobs.len());
+}

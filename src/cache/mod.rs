@@ -2,6 +2,7 @@
 //! verify, store, and answer. The HTTP layer above only translates requests and errors.
 
 mod blobs;
+mod expiry;
 mod fill;
 mod manifests;
 mod records;
@@ -15,6 +16,7 @@ use crate::storage::{Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use blobs::{BlobAnswer, ByteRange};
+pub use expiry::spawn_expiry;
 pub use manifests::ManifestAnswer;
 pub use tags::{paginate, TagListPage};
 

@@ -190,6 +190,26 @@ impl Storage {
         Ok(names)
     }
 
+    /// Deletes every object last written before `cutoff_ms` (milliseconds since the Unix
+    /// epoch); returns how many. In-progress writes are invisible until committed, so they
+    /// are never listed here.
+    pub async fn remove_written_before(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        let root = Path::from("");
+        let old: Vec<Path> = self
+            .store
+            .list(None)
+            .try_filter_map(|meta| async move {
+                Ok((meta.last_modified.timestamp_millis() < cutoff_ms).then_some(meta.location))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store(&root, e))?;
+        for key in &old {
+            self.delete(key).await?;
+        }
+        Ok(old.len())
+    }
+
     /// Every repository with at least one record, sorted.
     pub async fn list_repositories(&self) -> Result<Vec<String>, StorageError> {
         let prefix = Path::from(layout::REPOSITORIES);

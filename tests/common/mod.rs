@@ -33,6 +33,7 @@ pub struct MirrorSetup<'a> {
     pub remote: &'a str,
     pub credentials: bool,
     pub tag_ttl: &'a str,
+    pub content_ttl: &'a str,
 }
 
 impl<'a> MirrorSetup<'a> {
@@ -41,11 +42,17 @@ impl<'a> MirrorSetup<'a> {
             remote,
             credentials: true,
             tag_ttl: "1h",
+            content_ttl: "168h",
         }
     }
 
     pub fn tag_ttl(mut self, ttl: &'a str) -> Self {
         self.tag_ttl = ttl;
+        self
+    }
+
+    pub fn content_ttl(mut self, ttl: &'a str) -> Self {
+        self.content_ttl = ttl;
         self
     }
 
@@ -62,10 +69,11 @@ impl<'a> MirrorSetup<'a> {
             String::new()
         };
         let yaml = format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  tagttl: {}\n{credentials}",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}",
             dir.path().display(),
             self.remote,
-            self.tag_ttl
+            self.tag_ttl,
+            self.content_ttl
         );
         let config = cistern::config::Config::from_yaml(&yaml, Vec::new())
             .unwrap()

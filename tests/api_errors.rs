@@ -121,13 +121,7 @@ async fn bad_requests_answer_oci_errors_without_asking_upstream() {
 #[tokio::test]
 async fn unknown_content_answers_the_specific_unknown_code() {
     let up = FakeUpstream::start().await;
-    add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    add_alpine(&up);
     let mirror = MirrorSetup::new(&up.url).start().await;
     let cases = [
         ("/v2/alpine/manifests/nope".to_owned(), "MANIFEST_UNKNOWN"),

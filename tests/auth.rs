@@ -8,13 +8,7 @@ use reqwest::Method;
 #[tokio::test]
 async fn one_token_serves_many_requests_for_a_repository() {
     let up = FakeUpstream::start().await;
-    let image = add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    let image = add_alpine(&up);
     let mirror = MirrorSetup::new(&up.url).tag_ttl("0").start().await;
     mirror.pull("alpine", "latest").await;
     for _ in 0..10 {
@@ -42,13 +36,7 @@ async fn one_token_serves_many_requests_for_a_repository() {
 #[tokio::test]
 async fn concurrent_first_requests_share_one_token() {
     let up = FakeUpstream::start().await;
-    let image = add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    let image = add_alpine(&up);
     let mirror = MirrorSetup::new(&up.url).start().await;
     let paths: Vec<String> = image
         .blobs
@@ -65,13 +53,7 @@ async fn concurrent_first_requests_share_one_token() {
 #[tokio::test]
 async fn a_revoked_token_is_replaced_once() {
     let up = FakeUpstream::start().await;
-    add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    add_alpine(&up);
     let mirror = MirrorSetup::new(&up.url).tag_ttl("0").start().await;
     assert_eq!(mirror.get_manifest("alpine", "latest").await.status(), 200);
     up.state.revoke_tokens();
@@ -116,13 +98,7 @@ async fn private_repository_without_credentials_is_denied() {
         .unwrap()
         .contains("/token"));
     // Public images still work anonymously.
-    add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    add_alpine(&up);
     assert_eq!(mirror.get_manifest("alpine", "latest").await.status(), 200);
     let token_requests = up
         .seen()
@@ -136,13 +112,7 @@ async fn private_repository_without_credentials_is_denied() {
 #[tokio::test]
 async fn blob_redirects_are_followed_without_the_token() {
     let up = FakeUpstream::start().await;
-    let image = add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    let image = add_alpine(&up);
     up.state
         .faults
         .redirect_blobs

@@ -9,13 +9,7 @@ use reqwest::Method;
 #[tokio::test]
 async fn within_the_tag_ttl_a_tag_costs_no_upstream_request() {
     let up = FakeUpstream::start().await;
-    add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    add_alpine(&up);
     let mirror = MirrorSetup::new(&up.url).tag_ttl("1h").start().await;
     assert_eq!(mirror.get_manifest("alpine", "latest").await.status(), 200);
     let before = up.seen().len();
@@ -32,13 +26,7 @@ async fn within_the_tag_ttl_a_tag_costs_no_upstream_request() {
 #[tokio::test]
 async fn after_the_tag_ttl_revalidation_is_one_head_and_no_get() {
     let up = FakeUpstream::start().await;
-    let first = add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    let first = add_alpine(&up);
     // tagttl 0: every request revalidates.
     let mirror = MirrorSetup::new(&up.url).tag_ttl("0").start().await;
     assert_eq!(mirror.get_manifest("alpine", "latest").await.status(), 200);
@@ -150,13 +138,7 @@ async fn unreachable_upstream_is_a_clear_error_not_a_hang() {
 #[tokio::test]
 async fn content_expires_after_proxy_ttl_and_is_fetched_again() {
     let up = FakeUpstream::start().await;
-    let image = add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    let image = add_alpine(&up);
     let mirror = MirrorSetup::new(&up.url).content_ttl("2s").start().await;
     let cold = mirror.pull("alpine", "latest").await;
     assert!(mirror.has_content(&image.blobs[0]));

@@ -64,13 +64,7 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused() {
 async fn a_blob_cached_for_one_repository_is_not_served_through_another() {
     let up = FakeUpstream::start().await;
     let secret = add_image(&up, "private/app", Some("1.0"), OCI_MANIFEST, "secret");
-    add_image(
-        &up,
-        "library/alpine",
-        Some("latest"),
-        OCI_MANIFEST,
-        "alpine",
-    );
+    add_alpine(&up);
     let mirror = MirrorSetup::new(&up.url).start().await;
     mirror.pull("private/app", "1.0").await;
     let layer = &secret.blobs[2];

@@ -25,6 +25,8 @@ pub const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 5;
+/// Distribution refuses manifests over 4 MiB; a larger answer is not a manifest we keep.
+const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A manifest as upstream sent it.
 pub struct FetchedManifest {
@@ -108,6 +110,12 @@ impl Upstream {
             .send(repo, Method::GET, &url, accept_header(accept), true)
             .await?;
         let response = expect_success(response, &url)?;
+        if content_length(response.headers()).is_some_and(|len| len > MAX_MANIFEST_BYTES) {
+            return Err(UpstreamError::BadResponse {
+                url,
+                reason: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+            });
+        }
         let media_type = content_type(response.headers());
         let digest_header = response
             .headers()

@@ -306,3 +306,8 @@ pub fn add_multi_arch(up: &FakeUpstream, repo: &str, tag: &str) -> (Image, Vec<I
     let blobs = images.iter().flat_map(|i| i.blobs.clone()).collect();
     (Image { digest, blobs }, images)
 }
+
+/// The image most tests pull: `library/alpine:latest`, single platform.
+pub fn add_alpine(up: &FakeUpstream) -> Image {
+    add_image(up, "library/alpine", Some("latest"), OCI_MANIFEST, "alpine")
+}

@@ -267,13 +267,16 @@ impl RawProxy {
                 format!("{remote:?} must be an http:// or https:// URL with a host"),
             ));
         }
-        let credentials = match (self.username, self.password) {
+        // An empty value counts as unset, so `REGISTRY_PROXY_USERNAME=` (as docker compose
+        // passes an unset variable) means anonymous.
+        let username = self.username.filter(|u| !u.is_empty());
+        let password = self.password.filter(|p| !p.is_empty());
+        let credentials = match (username, password) {
             (None, None) => None,
-            (Some(username), Some(password)) if !username.is_empty() => Some(Credentials {
+            (Some(username), Some(password)) => Some(Credentials {
                 username,
                 password: SecretString::from(password),
             }),
-            (Some(_), Some(_)) => return Err(bad("proxy.username", "must not be empty")),
             (Some(_), None) => {
                 return Err(bad(
                     "proxy.password",
@@ -373,6 +376,19 @@ proxy:
         assert_eq!(creds.username, "envuser");
         assert_eq!(creds.password.expose_secret(), "123456");
         assert_eq!(c.proxy.tag_ttl, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn empty_credentials_mean_anonymous() {
+        let env = [
+            ("REGISTRY_PROXY_USERNAME", ""),
+            ("REGISTRY_PROXY_PASSWORD", ""),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::from_yaml("proxy: {remoteurl: https://r}", env)
+            .unwrap()
+            .config;
+        assert!(c.proxy.credentials.is_none());
     }
 
     #[test]

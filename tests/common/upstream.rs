@@ -45,6 +45,8 @@ pub struct Faults {
     pub down: AtomicBool,
     /// Blob GETs are redirected to the CDN port.
     pub redirect_blobs: AtomicBool,
+    /// Registry requests (not the token service) answer this status, with this Retry-After.
+    pub status: Mutex<Option<(u16, Option<String>)>>,
 }
 
 #[derive(Default)]
@@ -185,6 +187,15 @@ async fn handle(State(state): State<Arc<Upstream>>, request: Request) -> Respons
     }
     if path == "/token" {
         return token(&state, &query, &headers);
+    }
+    if let Some((status, retry_after)) = state.faults.status.lock().unwrap().clone() {
+        let mut response = oci_error(StatusCode::from_u16(status).unwrap(), "FAULT");
+        if let Some(after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, after.parse().unwrap());
+        }
+        return response;
     }
     if let Some(digest) = path.strip_prefix("/cdn/") {
         return cdn_blob(&state, digest);

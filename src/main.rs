@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,7 +36,11 @@ async fn main() -> ExitCode {
     // RUST_LOG wins over log.level, for debugging one module.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("cistern={}", config.log.level)));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only on a terminal: log files and journald get plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
     for warning in loaded.warnings {
         tracing::warn!("{warning}");
     }

@@ -96,7 +96,12 @@ async fn add_response_headers(
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // The query is kept: it shows containerd's `?ns=` and the paging parameters, never a secret.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str())
+        .to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;

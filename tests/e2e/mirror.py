@@ -1,0 +1,136 @@
+"""A pull-through mirror process for the end-to-end tests: cistern, or CNCF Distribution in proxy mode.
+
+Both read the same Distribution-format config.yml (the kind a registry:2 proxy user already has),
+rendered by `proxy_config()`. That is the compatibility promise: one file, either server.
+
+    from mirror import Mirror
+    with Mirror.cistern(binary, upstream_url, credentials=("cistern", "cistern-secret")) as m:
+        m.url            # http://127.0.0.1:PORT
+        m.host           # 127.0.0.1:PORT
+        m.log_text()     # everything the mirror wrote
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from standin import REGISTRY_BIN, free_port, http_request, spawn, terminate_pid, wait_until
+
+# Distribution's own example configuration (cmd/registry/config-example.yml) with a proxy
+# section added, as a registry:2 mirror user would write it. Keys cistern does not implement
+# (log.fields, storage.cache, health) are deliberately kept: they must only cause a warning.
+PROXY_CONFIG_TEMPLATE = """\
+version: 0.1
+log:
+  level: info
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {storage}
+http:
+  addr: {addr}
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+proxy:
+  remoteurl: {remote_url}
+{credentials}"""
+
+
+def proxy_config(storage: str, addr: str, remote_url: str, credentials: tuple[str, str] | None) -> str:
+    creds = ""
+    if credentials:
+        user, password = credentials
+        creds = f"  username: {user}\n  password: {password}\n"
+    return PROXY_CONFIG_TEMPLATE.format(storage=storage, addr=addr, remote_url=remote_url, credentials=creds)
+
+
+class Mirror:
+    """One mirror process on a free loopback port with its own storage; a context manager."""
+
+    def __init__(self, name: str, argv_for_config, upstream_url: str, credentials=None, env=None):
+        self.name = name
+        self.workdir = tempfile.mkdtemp(prefix=f"cistern-e2e-{name}-", dir="/tmp")
+        self.storage = os.path.join(self.workdir, "storage")
+        self.config_path = os.path.join(self.workdir, "config.yml")
+        self.log = os.path.join(self.workdir, f"{name}.log")
+        self._argv_for_config = argv_for_config
+        self.upstream_url = upstream_url
+        self.credentials = credentials
+        self.env = env
+        self.proc = None
+        self.port = None
+
+    @classmethod
+    def cistern(cls, binary: str, upstream_url: str, credentials=None) -> "Mirror":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env.setdefault("RUST_BACKTRACE", "1")
+        return cls("cistern", lambda config: [binary, "--config", config], upstream_url, credentials, env)
+
+    @classmethod
+    def distribution(cls, upstream_url: str, credentials=None) -> "Mirror":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env["OTEL_TRACES_EXPORTER"] = "none"
+        return cls("distribution", lambda config: [REGISTRY_BIN, "serve", config], upstream_url, credentials, env)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def start(self) -> "Mirror":
+        os.makedirs(self.storage, exist_ok=True)
+        last_error = None
+        for _attempt in range(5):  # another process may take the free port before we bind it
+            self.port = free_port()
+            with open(self.config_path, "w") as f:
+                f.write(proxy_config(self.storage, self.host, self.upstream_url, self.credentials))
+            self.proc = spawn(self._argv_for_config(self.config_path), self.log, env=self.env, detach=False)
+            try:
+                wait_until(lambda: http_request(f"{self.url}/v2/", timeout=2)[0] == 200, 30,
+                           what=f"{self.name} /v2/ on {self.url}", proc=self.proc, log=self.log)
+                return self
+            except RuntimeError as e:
+                last_error = e
+                if "address already in use" not in self.log_text().lower():
+                    self.stop()
+                    raise
+                terminate_pid(self.proc.pid, proc=self.proc)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start: {last_error}")
+
+    def stop(self):
+        if self.proc is not None:
+            terminate_pid(self.proc.pid, proc=self.proc)
+            self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def get(self, path: str, headers=None, method: str = "GET"):
+        """(status, headers, body) of a request to the mirror."""
+        return http_request(f"{self.url}{path}", method=method, headers=headers)

@@ -1,0 +1,75 @@
+"""skopeo copies through a mirror, as podman, buildah and skopeo users configure one.
+
+skopeo ignores any mirror environment variable: the mirror is a `[[registry.mirror]]` entry in a
+registries.conf passed with `--registries-conf`. If the mirror fails, skopeo falls back to
+docker.io itself, which the blackhole proxy turns into an immediate local error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+
+from dockerd import BLACKHOLE_PROXY
+
+SKOPEO_BIN = shutil.which("skopeo") or "/usr/bin/skopeo"
+
+REGISTRIES_CONF_TEMPLATE = """\
+unqualified-search-registries = ["docker.io"]
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "{mirror}"
+insecure = true
+"""
+
+
+def write_registries_conf(path: str, mirror_host: str) -> str:
+    with open(path, "w") as f:
+        f.write(REGISTRIES_CONF_TEMPLATE.format(mirror=mirror_host))
+    return path
+
+
+def skopeo(*args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(HTTP_PROXY=BLACKHOLE_PROXY, HTTPS_PROXY=BLACKHOLE_PROXY,
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.pop("http_proxy", None)
+    env.pop("https_proxy", None)
+    res = subprocess.run([SKOPEO_BIN, "--insecure-policy", *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"skopeo {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def copy_through_mirror(registries_conf: str, name_and_tag: str, dest_dir: str, check: bool = True):
+    """`skopeo copy --all docker://docker.io/NAME:TAG dir:DEST` with the mirror configured."""
+    return skopeo("--registries-conf", registries_conf, "copy", "--all",
+                  f"docker://docker.io/{name_and_tag}", f"dir:{dest_dir}", check=check)
+
+
+def copy_direct(registry_host: str, name_and_tag: str, dest_dir: str, credentials: tuple[str, str]):
+    """The same copy straight from a registry (the reference to compare against)."""
+    user, password = credentials
+    return skopeo("copy", "--all", "--src-tls-verify=false", "--src-creds", f"{user}:{password}",
+                  f"docker://{registry_host}/{name_and_tag}", f"dir:{dest_dir}")
+
+
+def tree_sha256(root: str) -> dict[str, str]:
+    """{relative path: sha256 of its bytes} of every file below root."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[os.path.relpath(path, root)] = h.hexdigest()
+    return out

@@ -19,10 +19,16 @@ impl Cache {
     ) -> Result<TagListPage, CacheError> {
         let error = match self.upstream().tags(repo, n, last).await {
             Ok(page) => {
+                // Sorted and cut here again: the spec wants lexical order, and some upstreams
+                // (Distribution 2.8) return every tag unsorted whatever `n` and `last` say.
+                let mut tags = page.tags;
+                tags.sort_unstable();
+                tags.dedup();
+                let (tags, more_here) = paginate(tags, n, last);
                 return Ok(TagListPage {
-                    tags: page.tags,
-                    more: page.more,
-                })
+                    tags,
+                    more: page.more || more_here,
+                });
             }
             Err(e) if e.is_not_found() => {
                 return Err(CacheError::NameUnknown { repo: repo.clone() })

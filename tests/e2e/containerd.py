@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 
-from dockerd import BLACKHOLE_PROXY
+from dockerd import offline_client_env
 from standin import spawn, terminate_pid, wait_until
 
 CONTAINERD_BIN = shutil.which("containerd") or "/usr/bin/containerd"
@@ -94,13 +94,8 @@ class Containerd:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def ctr(self, *args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        env = dict(os.environ)
-        env.update(HTTP_PROXY=BLACKHOLE_PROXY, HTTPS_PROXY=BLACKHOLE_PROXY,
-                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-        env.pop("http_proxy", None)
-        env.pop("https_proxy", None)
         res = subprocess.run([CTR_BIN, "--address", self.socket, "--namespace", NAMESPACE, *args],
-                             env=env, capture_output=True, text=True, timeout=timeout)
+                             env=offline_client_env(), capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
             raise AssertionError(f"ctr {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return res

@@ -53,6 +53,18 @@ DEFAULT_WORKDIR = "/tmp/cistern-e2e-dockerd"
 STATE_NAME = "dockerd.json"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 BLACKHOLE_PROXY = "http://127.0.0.1:1"  # nothing listens there: connection refused
+
+
+def offline_client_env() -> dict:
+    """The environment for a registry client (skopeo, ctr) that must never reach the internet.
+
+    Clients fall back to Docker Hub itself when a mirror fails; through the blackhole proxy that
+    fallback fails at once and locally, while loopback (the mirror) is never proxied.
+    """
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update(HTTP_PROXY=BLACKHOLE_PROXY, HTTPS_PROXY=BLACKHOLE_PROXY,
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    return env
 DOCKERD_BIN = os.environ.get("CISTERN_E2E_DOCKERD", shutil.which("dockerd") or "/usr/sbin/dockerd")
 # Prefer the Debian client matching the 20.10 daemon; any newer CLI negotiates the API down.
 DOCKER_BIN = os.environ.get(

@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-PKGS=(docker.io docker-registry skopeo containerd ca-certificates python3 python3-pip)
+PKGS=(docker.io docker-registry skopeo containerd curl ca-certificates python3 python3-pip)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -49,4 +49,4 @@ echo "install.sh: versions:"
 skopeo --version || true
 dockerd --version || true
 containerd --version || true
-"$PY" -c 'import cryptography; print("cryptography", cryptography.__version__)'
+"$PY" -c 'import cryptography, pytest; print("cryptography", cryptography.__version__, "pytest", pytest.__version__)'

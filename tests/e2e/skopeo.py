@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 
-from dockerd import BLACKHOLE_PROXY
+from dockerd import offline_client_env
 
 SKOPEO_BIN = shutil.which("skopeo") or "/usr/bin/skopeo"
 
@@ -36,13 +36,8 @@ def write_registries_conf(path: str, mirror_host: str) -> str:
 
 
 def skopeo(*args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.update(HTTP_PROXY=BLACKHOLE_PROXY, HTTPS_PROXY=BLACKHOLE_PROXY,
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    env.pop("http_proxy", None)
-    env.pop("https_proxy", None)
-    res = subprocess.run([SKOPEO_BIN, "--insecure-policy", *args], env=env, capture_output=True, text=True,
-                         timeout=timeout)
+    res = subprocess.run([SKOPEO_BIN, "--insecure-policy", *args], env=offline_client_env(),
+                         capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"skopeo {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res

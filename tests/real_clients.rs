@@ -23,7 +23,6 @@ fn dockerd_containerd_skopeo_and_curl_pull_through_cistern() {
     let manifest_dir = env!("CARGO_MANIFEST_DIR");
     let status = Command::new("python3")
         .args(["-m", "pytest", "tests/e2e", "-v", "--durations=5"])
-        .args(["-p", "no:cacheprovider"])
         .current_dir(manifest_dir)
         .env("CISTERN_BIN", env!("CARGO_BIN_EXE_cistern"))
         .status()

@@ -82,6 +82,12 @@ impl ApiError {
 
 impl From<CacheError> for ApiError {
     fn from(e: CacheError) -> Self {
+        (&e).into()
+    }
+}
+
+impl From<&CacheError> for ApiError {
+    fn from(e: &CacheError) -> Self {
         let message = e.to_string();
         match e {
             CacheError::ManifestUnknown { .. } => {
@@ -97,17 +103,27 @@ impl From<CacheError> for ApiError {
                 Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", message)
                     .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
             }
-            CacheError::DigestMismatch { .. } => {
+            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
+            }
+            CacheError::UpstreamBroke { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
             CacheError::Upstream(e) => e.into(),
             CacheError::Storage(e) => e.into(),
+            CacheError::Shared(e) => e.as_ref().into(),
         }
     }
 }
 
 impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> Self {
+        (&e).into()
+    }
+}
+
+impl From<&UpstreamError> for ApiError {
+    fn from(e: &UpstreamError) -> Self {
         let message = e.to_string();
         match e {
             UpstreamError::Status {
@@ -123,7 +139,7 @@ impl From<UpstreamError> for ApiError {
             } => {
                 let error = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
                 match retry_after {
-                    Some(after) => error.with_header(header::RETRY_AFTER, after),
+                    Some(after) => error.with_header(header::RETRY_AFTER, after.clone()),
                     None => error,
                 }
             }
@@ -142,6 +158,12 @@ impl From<UpstreamError> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
+        (&e).into()
+    }
+}
+
+impl From<&StorageError> for ApiError {
+    fn from(e: &StorageError) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string())
     }
 }

@@ -2,10 +2,10 @@
 
 use std::ops::Range;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::fill::Fill;
 use super::records::BlobLink;
@@ -42,10 +42,24 @@ pub struct BlobAnswer {
     pub body: BoxStream<'static, Result<Bytes, std::io::Error>>,
 }
 
+/// Where a blob's bytes come from.
+enum Source {
+    /// Stored, and this repository may serve it; its size.
+    Stored(u64),
+    /// Being fetched right now.
+    Filling(Arc<Fill>),
+}
+
 impl Cache {
-    /// The blob's size, for HEAD: from storage, or from an upstream HEAD (never a download).
+    /// The blob's size, for HEAD: from storage, from a fill in progress, or from an upstream
+    /// HEAD (never a download).
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, CacheError> {
         let result = async {
+            if let Some(fill) = self.inflight().get(digest) {
+                if let Some(size) = self.join(fill, repo).await?.size().await? {
+                    return Ok(size);
+                }
+            }
             if let Some(size) = self.linked_blob_size(repo, digest).await? {
                 return Ok(size);
             }
@@ -54,7 +68,7 @@ impl Cache {
         result.await.map_err(|e| blob_unknown(e, repo, digest))
     }
 
-    /// The blob, or the part of it `range` asks for when it is cached.
+    /// The blob, or the part of it `range` asks for.
     pub async fn blob(
         &self,
         repo: &RepoName,
@@ -62,27 +76,77 @@ impl Cache {
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, CacheError> {
         let result = async {
-            if let Some(size) = self.linked_blob_size(repo, digest).await? {
-                let part = match range {
-                    Some(range) => Some(
-                        range
-                            .resolve(size)
-                            .ok_or(CacheError::RangeNotSatisfiable { size })?,
-                    ),
-                    None => None,
-                };
-                let key = layout::content(digest);
-                if let Some(read) = self.storage().read_from(&key, part.clone()).await? {
-                    return Ok(BlobAnswer {
-                        total_size: Some(read.total_size),
-                        partial: part,
-                        body: read.body,
-                    });
+            match self.locate(repo, digest).await? {
+                Source::Stored(size) => {
+                    let part = resolve(range, Some(size))?;
+                    let key = layout::content(digest);
+                    match self.storage().read_from(&key, part.clone()).await? {
+                        Some(read) => Ok(BlobAnswer {
+                            total_size: Some(read.total_size),
+                            partial: part,
+                            body: read.body,
+                        }),
+                        // Expired between the size check and the read: fetch it again.
+                        None => {
+                            self.answer_from_fill(self.start_fill(repo, digest).await?, range)
+                                .await
+                        }
+                    }
                 }
+                Source::Filling(fill) => self.answer_from_fill(fill, range).await,
             }
-            self.fill_blob(repo, digest).await
         };
         result.await.map_err(|e| blob_unknown(e, repo, digest))
+    }
+
+    /// The stored blob, a fill to join, or a new fill.
+    async fn locate(&self, repo: &RepoName, digest: &Digest) -> Result<Source, CacheError> {
+        if let Some(fill) = self.inflight().get(digest) {
+            return Ok(Source::Filling(self.join(fill, repo).await?));
+        }
+        if let Some(size) = self.linked_blob_size(repo, digest).await? {
+            return Ok(Source::Stored(size));
+        }
+        Ok(Source::Filling(self.start_fill(repo, digest).await?))
+    }
+
+    /// Starts a fill, unless one started or finished since we looked.
+    async fn start_fill(&self, repo: &RepoName, digest: &Digest) -> Result<Arc<Fill>, CacheError> {
+        let in_flight = {
+            let _turn = self.inflight().starting().await;
+            match self.inflight().get(digest) {
+                Some(fill) => fill,
+                None => {
+                    let fill = Fill::start(self, repo, digest)?;
+                    self.inflight().insert(fill.clone());
+                    return Ok(fill);
+                }
+            }
+        };
+        self.join(in_flight, repo).await
+    }
+
+    /// A fill started for another repository is joined only once upstream confirms this
+    /// repository holds the blob too, or a private layer would leak through a public name.
+    async fn join(&self, fill: Arc<Fill>, repo: &RepoName) -> Result<Arc<Fill>, CacheError> {
+        if &fill.repo != repo {
+            self.upstream().head_blob(repo, &fill.digest).await?;
+        }
+        Ok(fill)
+    }
+
+    async fn answer_from_fill(
+        &self,
+        fill: Arc<Fill>,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, CacheError> {
+        let total_size = fill.size().await?;
+        let part = resolve(range, total_size)?;
+        Ok(BlobAnswer {
+            total_size,
+            body: fill.stream(part.clone()),
+            partial: part,
+        })
     }
 
     /// The size of the stored blob if `repo` may serve it. A blob stored for another
@@ -105,29 +169,21 @@ impl Cache {
         }
         Ok(Some(size))
     }
+}
 
-    /// Streams a cold blob from upstream to the client while caching it. A Range request on a
-    /// cold blob gets the whole blob (200), which HTTP allows and clients handle.
-    async fn fill_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobAnswer, CacheError> {
-        let response = self.upstream().get_blob(repo, digest).await?;
-        let expected_size = response.content_length();
-        let fill = Fill {
-            storage: self.storage().clone(),
-            repo: repo.clone(),
-            digest: digest.clone(),
-            url: format!("{}v2/{repo}/blobs/{digest}", self.upstream().base_url()),
-            expected_size,
-        };
-        let chunks = fill.start(response);
-        Ok(BlobAnswer {
-            total_size: expected_size,
-            partial: None,
-            body: ReceiverStream::new(chunks).boxed(),
-        })
+/// The part of a blob of `size` bytes a Range asks for; the whole blob when there is no Range
+/// or the size is not known (a chunked upstream answer), which HTTP allows.
+fn resolve(range: Option<ByteRange>, size: Option<u64>) -> Result<Option<Range<u64>>, CacheError> {
+    match (range, size) {
+        (Some(range), Some(size)) => range
+            .resolve(size)
+            .map(Some)
+            .ok_or(CacheError::RangeNotSatisfiable { size }),
+        _ => Ok(None),
     }
 }
 
-fn blob_unknown(error: CacheError, repo: &RepoName, digest: &Digest) -> CacheError {
+pub(super) fn blob_unknown(error: CacheError, repo: &RepoName, digest: &Digest) -> CacheError {
     match error {
         CacheError::Upstream(e) if e.is_not_found() => CacheError::BlobUnknown {
             repo: repo.clone(),

@@ -1,104 +1,332 @@
-//! Filling the cache with a cold blob: upstream bytes are hashed, written to storage and
-//! passed to the client as they arrive. The write becomes visible only after the digest
-//! matched. The last chunk is held back until then, so a client never receives a complete
-//! body for bytes that failed verification: on a mismatch its stream ends with an error.
-//! The fill runs in its own task, so a client that disconnects does not cancel it.
+//! Filling the cache with a cold blob, once for every client that wants it.
+//!
+//! One task per blob fetches it from upstream, hashes it and appends it to a spool file,
+//! publishing how far it got. Every client reads the spool as it grows (tail.rs), so twenty
+//! clients cost one upstream GET, and a client that joins late gets what has arrived at once.
+//! When the connection drops mid-blob the task resumes with `Range: bytes=N-` (a few times, with
+//! backoff), still hashing the whole blob. The blob becomes a cached object only after its size
+//! and digest matched; until then readers hold back its last byte, so no client ever receives a
+//! complete body of unverified bytes. The task belongs to no client: disconnects do not cancel
+//! it, and the blob lands in the cache for the next one.
+//! The last byte goes out once the blob is stored, as a cached object, under its digest.
 
-use bytes::Bytes;
-use futures::StreamExt;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
 
 use super::records::BlobLink;
-use crate::registry::{Digest, RepoName};
-use crate::storage::{layout, ContentWriter, Storage};
+use super::{Cache, CacheError};
+use crate::registry::{Digest, DigestHasher, RepoName};
+use crate::storage::{layout, SpoolFile, SpoolReader};
+use crate::upstream::Resumed;
 
-/// Chunks buffered between the fill and a slow client before the fill waits for it.
-const CLIENT_BUFFER_CHUNKS: usize = 16;
+/// Times a broken download is resumed before the fill gives up.
+const MAX_RESUMES: u32 = 4;
+/// The first wait before resuming; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Bytes gathered from upstream before one write to the spool (less if upstream pauses).
+const WRITE_BATCH: usize = 256 * 1024;
 
-pub type ClientChunks = mpsc::Receiver<Result<Bytes, std::io::Error>>;
+/// How far a fill got; readers watch it change.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Bytes in the spool, from the start of the blob.
+    pub written: u64,
+    /// The blob's size, from upstream's Content-Length once it answered.
+    pub total: Option<u64>,
+    pub state: FillState,
+}
 
+#[derive(Clone, Debug)]
+pub enum FillState {
+    /// Waiting for a turn (`proxy.maxfetches`) or for upstream's answer.
+    Connecting,
+    Receiving,
+    /// Every byte is in the spool and matched the digest.
+    Verified,
+    Failed(Arc<CacheError>),
+}
+
+/// A fill as its clients see it.
 pub struct Fill {
-    pub storage: Storage,
+    /// The repository it is fetched for (upstream confirmed it holds the blob).
     pub repo: RepoName,
     pub digest: Digest,
-    /// Upstream URL of the blob, for messages.
-    pub url: String,
-    pub expected_size: Option<u64>,
+    reader: SpoolReader,
+    progress: watch::Receiver<Progress>,
 }
 
 impl Fill {
-    /// Starts the fill in the background and returns the client's side of it.
-    pub fn start(self, response: reqwest::Response) -> ClientChunks {
-        let (tx, rx) = mpsc::channel(CLIENT_BUFFER_CHUNKS);
-        tokio::spawn(self.run(response, ClientSide { tx, alive: true }));
-        rx
+    /// Starts fetching `digest` for `repo` in the background.
+    pub fn start(cache: &Cache, repo: &RepoName, digest: &Digest) -> Result<Arc<Fill>, CacheError> {
+        let spool = cache
+            .storage()
+            .spool()
+            .create(digest.hex())
+            .map_err(|source| crate::storage::StorageError::Io {
+                key: cache.storage().spool().path().display().to_string(),
+                source,
+            })?;
+        let (progress_tx, progress) = watch::channel(Progress {
+            written: 0,
+            total: None,
+            state: FillState::Connecting,
+        });
+        let fill = Arc::new(Fill {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            reader: spool.reader(),
+            progress,
+        });
+        let task = FillTask {
+            cache: cache.clone(),
+            repo: repo.clone(),
+            digest: digest.clone(),
+            url: cache.upstream().blob_url(repo, digest),
+            spool,
+            progress: progress_tx,
+        };
+        tokio::spawn(task.run());
+        Ok(fill)
     }
 
-    async fn run(self, response: reqwest::Response, mut client: ClientSide) {
-        let key = layout::content(&self.digest);
-        let mut writer = match self.storage.begin_write(&key).await {
-            Ok(writer) => Some(writer),
+    /// Waits for upstream's answer: the blob's size (None when upstream sent no length), or
+    /// why the fill failed.
+    pub async fn size(&self) -> Result<Option<u64>, CacheError> {
+        let mut progress = self.progress.clone();
+        let outcome = progress
+            .wait_for(|p| !matches!(p.state, FillState::Connecting))
+            .await;
+        match outcome {
+            Ok(p) => match &p.state {
+                FillState::Failed(e) => Err(CacheError::Shared(e.clone())),
+                _ => Ok(p.total),
+            },
+            Err(_) => Err(CacheError::Shared(Arc::new(CacheError::UpstreamBroke {
+                url: self.digest.to_string(),
+                received: 0,
+                reason: "the fill ended without an answer".to_owned(),
+            }))),
+        }
+    }
+
+    pub(super) fn reader(&self) -> SpoolReader {
+        self.reader.clone()
+    }
+
+    pub(super) fn watch(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// The background side of a fill.
+struct FillTask {
+    cache: Cache,
+    repo: RepoName,
+    digest: Digest,
+    /// Upstream URL of the blob, for messages.
+    url: String,
+    spool: SpoolFile,
+    progress: watch::Sender<Progress>,
+}
+
+/// Why receiving a body stopped early.
+enum Interrupted {
+    /// The connection or upstream failed: worth resuming.
+    Upstream(String),
+    /// Our side failed (the spool) or upstream sent more than it announced: give up.
+    Fatal(CacheError),
+}
+
+impl FillTask {
+    async fn run(mut self) {
+        let _turn = self.cache.upstream().fetch_permit().await;
+        match self.fetch().await {
+            Ok(size) => {
+                // Stored before the last byte goes out: a client that has the whole blob can
+                // count on the next request being served from the cache.
+                self.commit(size).await;
+                self.progress.send_modify(|p| p.state = FillState::Verified);
+            }
             Err(e) => {
-                // Still serve the client, verified, even if we cannot keep the blob.
-                tracing::error!(error = %e, digest = %self.digest, "cannot cache blob; passing it through");
-                None
+                tracing::warn!(repository = %self.repo, digest = %self.digest, error = %e, "blob fill failed; nothing was cached");
+                let e = Arc::new(super::blobs::blob_unknown(e, &self.repo, &self.digest));
+                self.progress
+                    .send_modify(|p| p.state = FillState::Failed(e));
             }
-        };
+        }
+        // Only now, with the blob in storage (or the failure published), may a new request
+        // miss this fill.
+        self.cache.inflight().remove(&self.digest);
+    }
+
+    /// Downloads the whole blob into the spool, resuming when the connection drops; returns
+    /// its verified size.
+    async fn fetch(&mut self) -> Result<u64, CacheError> {
+        let cache = self.cache.clone();
+        let upstream = cache.upstream();
+        let mut response = upstream.get_blob(&self.repo, &self.digest).await?;
+        let total = response.content_length();
+        self.progress.send_modify(|p| {
+            p.total = total;
+            p.state = FillState::Receiving;
+        });
         let mut hasher = self.digest.hasher();
-        let mut received: u64 = 0;
-        let mut held_back: Option<Bytes> = None;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    let reason = format!(
-                        "upstream {} broke off after {received} bytes: {}",
-                        self.url,
-                        e.without_url()
-                    );
-                    return self.fail(writer, &mut client, reason).await;
-                }
+        let mut received = 0;
+        let mut skip = 0;
+        let mut resumes = 0;
+        loop {
+            let interrupted = match self
+                .receive(response, skip, total, &mut hasher, &mut received)
+                .await
+            {
+                Ok(()) => match total {
+                    Some(total) if received < total => {
+                        Some(format!("the body ended after {received} of {total} bytes"))
+                    }
+                    _ => None,
+                },
+                Err(Interrupted::Upstream(reason)) => Some(reason),
+                Err(Interrupted::Fatal(e)) => return Err(e),
             };
-            hasher.update(&chunk);
-            received += chunk.len() as u64;
-            if let Some(w) = writer.as_mut() {
-                if let Err(e) = w.write(&chunk).await {
-                    tracing::error!(error = %e, "cannot cache blob; passing it through");
-                    writer.take().expect("writer present").abort().await;
+            let Some(mut reason) = interrupted else {
+                break;
+            };
+            // Resume from what we have; each failed attempt counts against the bound.
+            loop {
+                resumes += 1;
+                if resumes > MAX_RESUMES {
+                    return Err(CacheError::UpstreamBroke {
+                        url: self.url.clone(),
+                        received,
+                        reason,
+                    });
                 }
+                tracing::warn!(url = %self.url, received, attempt = resumes, reason = %reason, "blob download broke off; resuming");
+                tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(resumes - 1)).await;
+                match upstream
+                    .get_blob_from(&self.repo, &self.digest, received)
+                    .await
+                {
+                    Ok(Resumed::FromOffset(r)) => (response, skip) = (r, 0),
+                    // Upstream ignored the range: skip what we already hold.
+                    Ok(Resumed::FromStart(r)) => (response, skip) = (r, received),
+                    Err(e) if e.is_transient() => {
+                        reason = e.to_string();
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                break;
             }
-            if let Some(previous) = held_back.replace(chunk) {
-                client.send(Ok(previous)).await;
-            }
+        }
+        if let Some(expected) = total.filter(|t| *t != received) {
+            return Err(CacheError::SizeMismatch {
+                url: self.url.clone(),
+                expected,
+                actual: received,
+            });
         }
         let actual = hasher.finish();
         if actual != self.digest {
-            let reason = format!(
-                "blob from {} does not match its digest: expected {}, got {actual} ({received} bytes)",
-                self.url, self.digest
-            );
-            return self.fail(writer, &mut client, reason).await;
+            return Err(CacheError::DigestMismatch {
+                what: "blob",
+                url: self.url.clone(),
+                expected: self.digest.clone(),
+                actual,
+            });
         }
-        if let Some(expected) = self.expected_size.filter(|size| *size != received) {
-            let reason = format!(
-                "blob from {} has {received} bytes, upstream announced {expected}",
-                self.url
-            );
-            return self.fail(writer, &mut client, reason).await;
-        }
-        if let Some(w) = writer {
-            self.commit(w, received).await;
-        }
-        if let Some(last) = held_back {
-            client.send(Ok(last)).await;
-        }
+        Ok(received)
     }
 
-    async fn commit(&self, writer: ContentWriter, size: u64) {
+    /// Appends one response body to the spool, after dropping its first `skip` bytes.
+    async fn receive(
+        &mut self,
+        response: reqwest::Response,
+        mut skip: u64,
+        total: Option<u64>,
+        hasher: &mut DigestHasher,
+        received: &mut u64,
+    ) -> Result<(), Interrupted> {
+        let mut body = response.bytes_stream();
+        let mut ended = false;
+        while !ended {
+            // Wait for some bytes, then take whatever else is ready without waiting, so a
+            // slow upstream's bytes reach readers at once and a fast one's in large writes.
+            let mut next = body.next().await;
+            let mut batch = Vec::new();
+            loop {
+                match next {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        self.append(batch, hasher, received).await?;
+                        let reason = format!("{}", e.without_url());
+                        return Err(Interrupted::Upstream(reason));
+                    }
+                    Some(Ok(chunk)) => {
+                        let drop = skip.min(chunk.len() as u64);
+                        skip -= drop;
+                        batch.extend_from_slice(&chunk[drop as usize..]);
+                    }
+                }
+                if batch.len() >= WRITE_BATCH {
+                    break;
+                }
+                match body.next().now_or_never() {
+                    Some(item) => next = item,
+                    None => break,
+                }
+            }
+            if let Some(total) = total {
+                if *received + batch.len() as u64 > total {
+                    return Err(Interrupted::Fatal(CacheError::SizeMismatch {
+                        url: self.url.clone(),
+                        expected: total,
+                        actual: *received + batch.len() as u64,
+                    }));
+                }
+            }
+            self.append(batch, hasher, received).await?;
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &mut self,
+        batch: Vec<u8>,
+        hasher: &mut DigestHasher,
+        received: &mut u64,
+    ) -> Result<(), Interrupted> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        hasher.update(&batch);
+        let len = batch.len() as u64;
+        self.spool.append(batch).await.map_err(|source| {
+            Interrupted::Fatal(CacheError::Storage(crate::storage::StorageError::Io {
+                key: self.spool.path().display().to_string(),
+                source,
+            }))
+        })?;
+        *received += len;
+        let written = *received;
+        self.progress.send_modify(|p| p.written = written);
+        Ok(())
+    }
+
+    /// Moves the verified spool into storage and links it to the repository. A failure here
+    /// costs only the caching: every client already has (or is reading) verified bytes.
+    async fn commit(&mut self, size: u64) {
+        let storage = self.cache.storage().clone();
+        let key = layout::content(&self.digest);
         let link = layout::blob_link(&self.repo, &self.digest);
-        let committed = match writer.commit().await {
-            Ok(()) => self.storage.write_record(&link, &BlobLink { size }).await,
+        let committed = match storage.commit_spool(&key, &mut self.spool).await {
+            Ok(()) => storage.write_record(&link, &BlobLink { size }).await,
             Err(e) => Err(e),
         };
         match committed {
@@ -106,28 +334,6 @@ impl Fill {
                 tracing::info!(repository = %self.repo, digest = %self.digest, size, "cached blob")
             }
             Err(e) => tracing::error!(error = %e, "verified blob could not be cached"),
-        }
-    }
-
-    async fn fail(self, writer: Option<ContentWriter>, client: &mut ClientSide, reason: String) {
-        if let Some(w) = writer {
-            w.abort().await;
-        }
-        tracing::warn!(repository = %self.repo, digest = %self.digest, "{reason}; nothing was cached");
-        client.send(Err(std::io::Error::other(reason))).await;
-    }
-}
-
-/// The client's end of a fill; once the client is gone the fill carries on without it.
-struct ClientSide {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    alive: bool,
-}
-
-impl ClientSide {
-    async fn send(&mut self, item: Result<Bytes, std::io::Error>) {
-        if self.alive && self.tx.send(item).await.is_err() {
-            self.alive = false;
         }
     }
 }

@@ -4,9 +4,11 @@
 mod blobs;
 mod expiry;
 mod fill;
+mod inflight;
 mod manifests;
 mod records;
 mod tags;
+mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use crate::registry::{Digest, RepoName};
 use crate::storage::{Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
+use inflight::InFlight;
 
 pub use blobs::{BlobAnswer, ByteRange};
 pub use expiry::spawn_expiry;
@@ -36,12 +39,27 @@ pub enum CacheError {
         expected: Digest,
         actual: Digest,
     },
+    #[error("blob from {url} has {actual} bytes, upstream announced {expected}")]
+    SizeMismatch {
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("upstream {url} broke off after {received} bytes and could not be resumed: {reason}")]
+    UpstreamBroke {
+        url: String,
+        received: u64,
+        reason: String,
+    },
     #[error("requested range is not within the blob's {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A fill's failure, seen by every client that waited for it.
+    #[error(transparent)]
+    Shared(Arc<CacheError>),
 }
 
 #[derive(Clone)]
@@ -53,6 +71,7 @@ struct Inner {
     storage: Storage,
     upstream: Upstream,
     tag_ttl: Duration,
+    inflight: InFlight,
 }
 
 impl Cache {
@@ -62,6 +81,7 @@ impl Cache {
                 storage,
                 upstream,
                 tag_ttl,
+                inflight: InFlight::default(),
             }),
         }
     }
@@ -72,6 +92,10 @@ impl Cache {
 
     fn upstream(&self) -> &Upstream {
         &self.inner.upstream
+    }
+
+    fn inflight(&self) -> &InFlight {
+        &self.inner.inflight
     }
 
     /// Every repository with something cached, sorted.

@@ -20,6 +20,11 @@ pub use schema::SchemaError;
 pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
 /// Default for `proxy.tagttl`: how long a tag is served without asking upstream.
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(5 * 60);
+/// Default for `proxy.notfoundttl`: how long a manifest upstream does not have is answered 404
+/// without asking again, so a loop of bad pulls does not hammer upstream.
+pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(30);
+/// Default for `proxy.maxfetches`: blobs fetched from upstream at the same time.
+pub const DEFAULT_MAX_FETCHES: usize = 32;
 /// Default for `proxy.ttl`, as in Distribution: cached content expires after a week.
 pub const DEFAULT_CONTENT_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -52,6 +57,10 @@ pub struct ProxyConfig {
     pub content_ttl: Duration,
     /// How long a tag is trusted before it is revalidated with an upstream HEAD.
     pub tag_ttl: Duration,
+    /// How long a manifest upstream answered 404 for is answered 404 from memory; zero never.
+    pub not_found_ttl: Duration,
+    /// At most this many blobs are fetched from upstream at once; further fills queue.
+    pub max_fetches: usize,
 }
 
 /// Upstream credentials. The password is a secret: it never reaches logs or `Debug` output.
@@ -194,6 +203,9 @@ struct RawProxy {
     ttl: Option<Duration>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
     tagttl: Option<Duration>,
+    #[serde(deserialize_with = "duration::deserialize_optional")]
+    notfoundttl: Option<Duration>,
+    maxfetches: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,11 +302,20 @@ impl RawProxy {
                 ))
             }
         };
+        let max_fetches = self.maxfetches.unwrap_or(DEFAULT_MAX_FETCHES);
+        if max_fetches == 0 {
+            return Err(bad(
+                "proxy.maxfetches",
+                "must be at least 1, or no blob could ever be fetched",
+            ));
+        }
         Ok(ProxyConfig {
             remote_url,
             credentials,
             content_ttl: self.ttl.unwrap_or(DEFAULT_CONTENT_TTL),
             tag_ttl: self.tagttl.unwrap_or(DEFAULT_TAG_TTL),
+            not_found_ttl: self.notfoundttl.unwrap_or(DEFAULT_NOT_FOUND_TTL),
+            max_fetches,
         })
     }
 }
@@ -395,6 +416,9 @@ proxy:
     fn bad_values_name_their_key() {
         let cases = [
             ("proxy: {tagttl: soon}", "proxy.tagttl"),
+            ("proxy: {notfoundttl: -1}", "proxy.notfoundttl"),
+            ("proxy: {maxfetches: 0}", "proxy.maxfetches"),
+            ("proxy: {maxfetches: many}", "proxy.maxfetches"),
             ("proxy: {remoteurl: 'not a url'}", "proxy.remoteurl"),
             ("proxy: {remoteurl: 'ftp://x'}", "proxy.remoteurl"),
             ("proxy: {username: u}", "proxy.password"),

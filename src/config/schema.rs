@@ -84,8 +84,12 @@ pub const ROOT: Key = Section(&[
             ("password", Used),
             ("ttl", Used),
             ("exec", Ignored),
-            // cistern's extension: how long a tag is trusted before revalidating upstream.
+            // cistern's extensions: how long a tag is trusted before revalidating upstream, how
+            // long a manifest upstream does not have is remembered, and how many blobs may be
+            // fetched from upstream at once.
             ("tagttl", Used),
+            ("notfoundttl", Used),
+            ("maxfetches", Used),
         ]),
     ),
     ("validation", Ignored),

@@ -5,6 +5,7 @@
 //! repositories/<name>/_blobs/<alg>/<hex>         link: this repository holds this blob
 //! repositories/<name>/_manifests/<alg>/<hex>     link: this repository holds this manifest (+ media type)
 //! repositories/<name>/_tags/<tag>                tag record: digest, media type, when it was checked
+//! _spool/<hex>.<n>                               a blob being fetched (filesystem only; never served)
 //! ```
 //! Content is stored once; links say which repository may serve it (a blob fetched for a
 //! private repository must not be readable through a public name). Repository name components
@@ -16,6 +17,14 @@ use object_store::path::Path;
 use crate::registry::{Digest, RepoName, Tag};
 
 pub const REPOSITORIES: &str = "repositories";
+/// Blobs being fetched; emptied at every start.
+pub const SPOOL: &str = "_spool";
+
+pub fn is_spool(key: &Path) -> bool {
+    key.parts()
+        .next()
+        .is_some_and(|first| first.as_ref() == SPOOL)
+}
 /// Separates a repository's name from its records in a key.
 pub const RECORDS_MARKER: &str = "/_";
 

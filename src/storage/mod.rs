@@ -2,11 +2,12 @@
 //! `object_store::ObjectStore` (the local filesystem today; S3, GCS or Azure later).
 
 pub mod layout;
+mod spool;
 mod writer;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,7 +18,11 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use spool::{SpoolDir, SpoolFile, SpoolReader};
 pub use writer::ContentWriter;
+
+/// How much of a spool is read at once when it is uploaded to an object store.
+const UPLOAD_CHUNK: usize = 8 * 1024 * 1024;
 
 /// A storage failure, naming the key it happened on.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum StorageError {
         path: String,
         source: std::io::Error,
     },
+    #[error("storage error on key {key}: {source}")]
+    Io { key: String, source: std::io::Error },
 }
 
 impl StorageError {
@@ -58,24 +65,85 @@ pub struct StoredRead {
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The directory behind `store` when it is the local filesystem: a verified spool is then
+    /// renamed into place instead of being copied.
+    local_root: Option<PathBuf>,
+    spool: Arc<SpoolDir>,
 }
 
 impl Storage {
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Storage { store }
-    }
-
-    /// A filesystem store rooted at `root`, created if missing.
+    /// A filesystem store rooted at `root`, created if missing. Spools live in `root/_spool`,
+    /// on the same filesystem, so committing one is a rename.
     pub fn filesystem(root: &FsPath) -> Result<Self, StorageError> {
         let root_error = |source| StorageError::Root {
             path: root.display().to_string(),
             source,
         };
         std::fs::create_dir_all(root).map_err(root_error)?;
-        let store = LocalFileSystem::new_with_prefix(root)
+        let root = root.canonicalize().map_err(root_error)?;
+        let spool = SpoolDir::clean(root.join(layout::SPOOL)).map_err(root_error)?;
+        let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| root_error(std::io::Error::other(e)))?
             .with_automatic_cleanup(true);
-        Ok(Storage::new(Arc::new(store)))
+        Ok(Storage {
+            store: Arc::new(store),
+            local_root: Some(root),
+            spool: Arc::new(spool),
+        })
+    }
+
+    /// Where fills spool the blobs they fetch.
+    pub fn spool(&self) -> &SpoolDir {
+        &self.spool
+    }
+
+    /// Makes a verified spool the object at `key`: a rename on the filesystem, an upload
+    /// (visible only once complete) on an object store.
+    pub async fn commit_spool(
+        &self,
+        key: &Path,
+        spool: &mut SpoolFile,
+    ) -> Result<(), StorageError> {
+        let io_error = |source| StorageError::Io {
+            key: key.to_string(),
+            source,
+        };
+        let Some(root) = &self.local_root else {
+            return self.upload_spool(key, spool).await;
+        };
+        spool.sync().await.map_err(io_error)?;
+        let destination = root.join(key.as_ref());
+        if let Some(parent) = destination.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io_error)?;
+        }
+        tokio::fs::rename(spool.path(), &destination)
+            .await
+            .map_err(io_error)?;
+        spool.mark_kept();
+        Ok(())
+    }
+
+    async fn upload_spool(&self, key: &Path, spool: &SpoolFile) -> Result<(), StorageError> {
+        let reader = spool.reader();
+        let mut writer = self.begin_write(key).await?;
+        let mut offset = 0;
+        loop {
+            let chunk = match reader.read_at(offset, UPLOAD_CHUNK).await {
+                Ok(chunk) => chunk,
+                Err(source) => {
+                    writer.abort().await;
+                    return Err(StorageError::Io {
+                        key: key.to_string(),
+                        source,
+                    });
+                }
+            };
+            if chunk.is_empty() {
+                return writer.commit().await;
+            }
+            offset += chunk.len() as u64;
+            writer.write(&chunk).await?;
+        }
     }
 
     /// The size of the object at `key`, or None if it does not exist.
@@ -199,7 +267,9 @@ impl Storage {
             .store
             .list(None)
             .try_filter_map(|meta| async move {
-                Ok((meta.last_modified.timestamp_millis() < cutoff_ms).then_some(meta.location))
+                let old = meta.last_modified.timestamp_millis() < cutoff_ms;
+                let spooling = layout::is_spool(&meta.location);
+                Ok((old && !spooling).then_some(meta.location))
             })
             .try_collect()
             .await

@@ -45,6 +45,16 @@ impl UpstreamError {
         }
     }
 
+    /// Worth asking again shortly: the network, or upstream being busy or broken, rather than
+    /// an answer about the thing itself (missing, forbidden).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpstreamError::Unreachable { .. } | UpstreamError::BadResponse { .. } => true,
+            UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
+            UpstreamError::TokenRefused { .. } => false,
+        }
+    }
+
     /// The upstream said the thing does not exist (as opposed to failing to answer).
     pub fn is_not_found(&self) -> bool {
         matches!(self, UpstreamError::Status { status: 404, .. })

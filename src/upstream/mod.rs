@@ -3,9 +3,10 @@
 
 mod challenge;
 mod error;
+mod rate_limit;
 mod token;
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,9 @@ use crate::config::{Credentials, ProxyConfig};
 use crate::registry::{Digest, Reference, RepoName};
 pub use challenge::Challenge;
 pub use error::UpstreamError;
+pub use rate_limit::{Quota, RateLimit};
 use token::TokenCache;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Deadline for requests whose answer is small (manifests, tags, tokens, HEADs). Blob bodies get
 /// no overall deadline, only a per-read one, since a large layer can take as long as it needs.
@@ -67,6 +70,17 @@ pub struct Upstream {
     /// requests authenticate up front instead of each paying for a 401 first.
     challenge: RwLock<Probe>,
     tokens: TokenCache,
+    /// Bounds the blobs fetched at once (`proxy.maxfetches`).
+    fetches: Arc<Semaphore>,
+    rate_limit: RateLimit,
+}
+
+/// How a blob GET that asked for `Range: bytes=N-` was answered.
+pub enum Resumed {
+    /// 206 from the offset asked for: the body continues the blob.
+    FromOffset(reqwest::Response),
+    /// 200: upstream ignored the range, the body starts at byte 0.
+    FromStart(reqwest::Response),
 }
 
 impl Upstream {
@@ -84,7 +98,23 @@ impl Upstream {
             credentials: config.credentials.clone(),
             challenge: RwLock::new(Probe::NotYet),
             tokens: TokenCache::default(),
+            fetches: Arc::new(Semaphore::new(config.max_fetches)),
+            rate_limit: RateLimit::default(),
         })
+    }
+
+    /// Waits for a turn to fetch a blob; the turn lasts as long as the permit is held.
+    pub async fn fetch_permit(&self) -> OwnedSemaphorePermit {
+        self.fetches
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the fetch semaphore is never closed")
+    }
+
+    /// The pull quota upstream reported last (Docker Hub's `ratelimit-*` headers).
+    pub fn rate_limit(&self) -> &RateLimit {
+        &self.rate_limit
     }
 
     pub fn base_url(&self) -> &Url {
@@ -172,6 +202,44 @@ impl Upstream {
             .send(repo, Method::GET, &url, HeaderMap::new(), false)
             .await?;
         expect_success(response, &url)
+    }
+
+    /// The URL of a blob upstream, for messages.
+    pub fn blob_url(&self, repo: &RepoName, digest: &Digest) -> String {
+        self.url(repo, &format!("blobs/{digest}"))
+    }
+
+    /// GET a blob from byte `offset` on, to resume a download that broke off.
+    pub async fn get_blob_from(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<Resumed, UpstreamError> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let mut headers = HeaderMap::new();
+        let range = HeaderValue::from_str(&format!("bytes={offset}-")).expect("a valid header");
+        headers.insert(header::RANGE, range);
+        let response = self.send(repo, Method::GET, &url, headers, false).await?;
+        let response = expect_success(response, &url)?;
+        if response.status() != StatusCode::PARTIAL_CONTENT {
+            return Ok(Resumed::FromStart(response));
+        }
+        let starts_at_offset = response
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|start| start.parse::<u64>().ok())
+            == Some(offset);
+        if !starts_at_offset {
+            return Err(UpstreamError::bad_response(
+                &url,
+                format!("asked for bytes from {offset}, got a different Content-Range"),
+            ));
+        }
+        Ok(Resumed::FromOffset(response))
     }
 
     /// HEAD a blob: its size, without downloading it.
@@ -271,6 +339,7 @@ impl Upstream {
                     .await?;
             }
         }
+        self.rate_limit.observe(response.headers(), url);
         Ok(response)
     }
 

@@ -1,0 +1,151 @@
+//! Reading a fill's spool while it grows: each client streams the bytes it asked for as soon as
+//! they are written, from wherever the fill has got to. The last byte of the blob is held back
+//! until the fill verified the digest, so a client never receives a complete body of bytes that
+//! failed verification: on a failure its stream ends with an error instead.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::fill::{Fill, FillState, Progress};
+use crate::storage::SpoolReader;
+
+/// The most read from the spool at once for one client.
+const READ_CHUNK: usize = 256 * 1024;
+
+struct Tail {
+    reader: SpoolReader,
+    progress: watch::Receiver<Progress>,
+    /// Next byte to send.
+    position: u64,
+    /// Where to stop: the end of the range asked for, or None for the end of the blob.
+    end: Option<u64>,
+    /// The fill task is gone; no more progress will come.
+    fill_gone: bool,
+    done: bool,
+}
+
+impl Fill {
+    /// The bytes of `range` (the whole blob when None) as the fill writes them.
+    pub fn stream(
+        self: &Arc<Self>,
+        range: Option<Range<u64>>,
+    ) -> BoxStream<'static, std::io::Result<Bytes>> {
+        let tail = Tail {
+            reader: self.reader(),
+            progress: self.watch(),
+            position: range.as_ref().map_or(0, |r| r.start),
+            end: range.map(|r| r.end),
+            fill_gone: false,
+            done: false,
+        };
+        futures::stream::unfold(tail, |mut tail| async move {
+            let item = tail.next_chunk().await?;
+            Some((item, tail))
+        })
+        .boxed()
+    }
+}
+
+impl Tail {
+    async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let progress = self.progress.borrow_and_update().clone();
+            let verified = match &progress.state {
+                FillState::Failed(e) => return self.fail(e.to_string()),
+                FillState::Verified => true,
+                FillState::Connecting | FillState::Receiving => false,
+            };
+            let blob_end = if verified {
+                Some(progress.written)
+            } else {
+                progress.total
+            };
+            let end = self.end.or(blob_end);
+            if end.is_some_and(|end| self.position >= end) {
+                self.done = true;
+                return None;
+            }
+            let readable = readable_up_to(&progress, verified, end);
+            if self.position < readable {
+                let len = (readable - self.position).min(READ_CHUNK as u64) as usize;
+                return match self.reader.read_at(self.position, len).await {
+                    Ok(bytes) if bytes.is_empty() => self.fail("the spool ended early".to_owned()),
+                    Ok(bytes) => {
+                        self.position += bytes.len() as u64;
+                        Some(Ok(Bytes::from(bytes)))
+                    }
+                    Err(e) => self.fail(format!("reading the spool: {e}")),
+                };
+            }
+            if self.fill_gone {
+                return self.fail("the fill stopped without finishing".to_owned());
+            }
+            if self.progress.changed().await.is_err() {
+                // The task ended; its last state is still there to read once more.
+                self.fill_gone = true;
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: String) -> Option<std::io::Result<Bytes>> {
+        self.done = true;
+        Some(Err(std::io::Error::other(reason)))
+    }
+}
+
+/// How far a client may read now: what was written, except the blob's last byte before the
+/// digest matched (a range that stops short of it needs no holding back).
+fn readable_up_to(progress: &Progress, verified: bool, end: Option<u64>) -> u64 {
+    let mut readable = progress.written;
+    if !verified {
+        let stops_short = matches!((end, progress.total), (Some(end), Some(total)) if end < total);
+        if !stops_short {
+            readable = match progress.total {
+                Some(total) => readable.min(total.saturating_sub(1)),
+                None => readable.saturating_sub(1),
+            };
+        }
+    }
+    end.map_or(readable, |end| readable.min(end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(written: u64, total: Option<u64>) -> Progress {
+        Progress {
+            written,
+            total,
+            state: FillState::Receiving,
+        }
+    }
+
+    #[test]
+    fn the_last_byte_waits_for_verification() {
+        // all 10 bytes written, not verified yet: 9 may go
+        assert_eq!(readable_up_to(&progress(10, Some(10)), false, Some(10)), 9);
+        assert_eq!(readable_up_to(&progress(10, Some(10)), true, Some(10)), 10);
+        // halfway: everything written may go
+        assert_eq!(readable_up_to(&progress(5, Some(10)), false, Some(10)), 5);
+        // unknown size: always one byte held back until verified
+        assert_eq!(readable_up_to(&progress(5, None), false, None), 4);
+        assert_eq!(readable_up_to(&progress(0, None), false, None), 0);
+    }
+
+    #[test]
+    fn a_range_short_of_the_end_is_served_as_soon_as_written() {
+        assert_eq!(readable_up_to(&progress(10, Some(10)), false, Some(4)), 4);
+        assert_eq!(readable_up_to(&progress(3, Some(10)), false, Some(4)), 3);
+        // a range through the last byte still waits for it
+        assert_eq!(readable_up_to(&progress(10, Some(10)), false, Some(10)), 9);
+    }
+}

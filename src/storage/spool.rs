@@ -1,0 +1,130 @@
+//! Spool files: where a blob being fetched lands first. Every client waiting for the blob reads
+//! the spool as it grows, with positional reads on a shared handle, so memory stays bounded
+//! whatever the blob's size and however many clients wait. A spool becomes a cached object only
+//! through `Storage::commit_spool`, after its digest matched; a spool dropped before that is
+//! deleted, and whatever a killed process left behind is deleted at the next start.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The directory spool files live in; it belongs to one cistern process.
+pub struct SpoolDir {
+    path: PathBuf,
+    next: AtomicU64,
+}
+
+impl SpoolDir {
+    /// Creates `path` empty: a spool left there was a fill cut short (by a crash or SIGKILL),
+    /// so it is unverified and must never be served or committed.
+    pub fn clean(path: PathBuf) -> std::io::Result<Self> {
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed spool files of unfinished fills")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(&path)?;
+        Ok(SpoolDir {
+            path,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new, empty spool file; `label` (a digest's hex) makes its name recognisable.
+    pub fn create(&self, label: &str) -> std::io::Result<SpoolFile> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.path.join(format!("{label}.{n}"));
+        let writer = File::options().write(true).create_new(true).open(&path)?;
+        let reader = File::open(&path)?;
+        Ok(SpoolFile {
+            path,
+            writer: Arc::new(writer),
+            reader: Arc::new(reader),
+            kept: false,
+        })
+    }
+}
+
+/// One spool file: appended to by its fill, read by any number of clients.
+pub struct SpoolFile {
+    path: PathBuf,
+    writer: Arc<File>,
+    reader: Arc<File>,
+    /// It became a cached object (renamed into place): do not delete it on drop.
+    kept: bool,
+}
+
+impl SpoolFile {
+    /// Appends `bytes` (on a blocking thread: disks block).
+    pub async fn append(&self, bytes: Vec<u8>) -> std::io::Result<()> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || (&*writer).write_all(&bytes))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// A handle for positional reads, valid even after the file was renamed or deleted.
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader(self.reader.clone())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes the bytes to disk, so a cached object survives a power cut.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || writer.sync_data())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// The file now lives elsewhere under a cached object's name.
+    pub(super) fn mark_kept(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            // Readers keep their handle; the bytes go once the last one is closed.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A read handle on a spool file, shared by every client of a fill.
+#[derive(Clone)]
+pub struct SpoolReader(Arc<File>);
+
+impl SpoolReader {
+    /// Up to `len` bytes from `offset` (fewer only at the end of what was written).
+    pub async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            buf.truncate(filled);
+            Ok(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}

@@ -37,7 +37,7 @@ pub enum StartError {
 pub fn app(config: &Config) -> Result<Router, StartError> {
     let storage = Storage::filesystem(&config.storage.root_directory)?;
     let upstream = Upstream::new(&config.proxy)?;
-    let cache = Cache::new(storage.clone(), upstream, config.proxy.tag_ttl);
+    let cache = Cache::new(storage.clone(), upstream, &config.proxy);
     cache::spawn_expiry(storage, config.proxy.content_ttl);
     let state = api::AppState {
         cache,

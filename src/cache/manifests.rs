@@ -26,17 +26,71 @@ impl Cache {
         accept: Option<&str>,
         want_body: bool,
     ) -> Result<ManifestAnswer, CacheError> {
+        let key = (repo.clone(), reference.to_string());
+        if self.inner.not_found.known_missing(&key) {
+            return Err(manifest_unknown(repo, reference));
+        }
+        if let Some(answer) = self
+            .answer_from_cache(repo, reference, accept, want_body)
+            .await?
+        {
+            return Ok(answer);
+        }
+        // Upstream is needed: one request per manifest at a time. Those that waited find the
+        // manifest cached (or remembered missing) when their turn comes.
+        let _turn = self.inner.manifest_turns.lock(key.clone()).await;
+        if self.inner.not_found.known_missing(&key) {
+            return Err(manifest_unknown(repo, reference));
+        }
         let result = match reference {
             Reference::Digest(digest) => self.manifest_by_digest(repo, digest, want_body).await,
             Reference::Tag(tag) => self.manifest_by_tag(repo, tag, accept, want_body).await,
         };
         result.map_err(|e| match e {
-            CacheError::Upstream(e) if e.is_not_found() => CacheError::ManifestUnknown {
-                repo: repo.clone(),
-                reference: reference.to_string(),
-            },
+            CacheError::Upstream(e) if e.is_not_found() => {
+                self.inner.not_found.remember(key);
+                manifest_unknown(repo, reference)
+            }
             other => other,
         })
+    }
+
+    /// The answer when the cache alone can give it: a stored manifest by digest, or by a tag
+    /// still within `tagttl`.
+    async fn answer_from_cache(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: Option<&str>,
+        want_body: bool,
+    ) -> Result<Option<ManifestAnswer>, CacheError> {
+        let digest = match reference {
+            Reference::Digest(digest) => digest.clone(),
+            Reference::Tag(tag) => match self.fresh_tag(repo, tag).await? {
+                Some((digest, record)) if accepts(accept, &record.media_type) => digest,
+                _ => return Ok(None),
+            },
+        };
+        self.cached_manifest(repo, &digest, want_body).await
+    }
+
+    /// The tag's record and digest, if it was checked within `tagttl`.
+    async fn fresh_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(Digest, TagRecord)>, CacheError> {
+        let record: Option<TagRecord> = self
+            .storage()
+            .read_record(&layout::tag_record(repo, tag))
+            .await?;
+        Ok(record
+            .filter(|r| self.is_fresh(r))
+            .and_then(|r| Some((r.digest.parse::<Digest>().ok()?, r))))
+    }
+
+    fn is_fresh(&self, record: &TagRecord) -> bool {
+        now_ms().saturating_sub(record.checked_at_ms) < self.inner.tag_ttl.as_millis() as u64
     }
 
     async fn manifest_by_digest(
@@ -91,9 +145,7 @@ impl Cache {
             .await?;
         let record = record.and_then(|r| Some((r.digest.parse::<Digest>().ok()?, r)));
         if let Some((digest, record)) = &record {
-            let fresh = now_ms().saturating_sub(record.checked_at_ms)
-                < self.inner.tag_ttl.as_millis() as u64;
-            if fresh && accepts(accept, &record.media_type) {
+            if self.is_fresh(record) && accepts(accept, &record.media_type) {
                 return self.manifest_by_digest(repo, digest, want_body).await;
             }
         }
@@ -315,5 +367,12 @@ fn head_answer(head: ManifestHead) -> ManifestAnswer {
         media_type: head.media_type,
         size: head.size,
         body: None,
+    }
+}
+
+fn manifest_unknown(repo: &RepoName, reference: &Reference) -> CacheError {
+    CacheError::ManifestUnknown {
+        repo: repo.clone(),
+        reference: reference.to_string(),
     }
 }

@@ -5,7 +5,9 @@ mod blobs;
 mod expiry;
 mod fill;
 mod inflight;
+mod keyed_lock;
 mod manifests;
+mod not_found;
 mod records;
 mod tags;
 mod tail;
@@ -13,10 +15,13 @@ mod tail;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::ProxyConfig;
 use crate::registry::{Digest, RepoName};
 use crate::storage::{Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
 use inflight::InFlight;
+use keyed_lock::KeyedLock;
+use not_found::{ManifestKey, NotFound};
 
 pub use blobs::{BlobAnswer, ByteRange};
 pub use expiry::spawn_expiry;
@@ -72,16 +77,20 @@ struct Inner {
     upstream: Upstream,
     tag_ttl: Duration,
     inflight: InFlight,
+    manifest_turns: KeyedLock<ManifestKey>,
+    not_found: NotFound,
 }
 
 impl Cache {
-    pub fn new(storage: Storage, upstream: Upstream, tag_ttl: Duration) -> Self {
+    pub fn new(storage: Storage, upstream: Upstream, proxy: &ProxyConfig) -> Self {
         Cache {
             inner: Arc::new(Inner {
                 storage,
                 upstream,
-                tag_ttl,
+                tag_ttl: proxy.tag_ttl,
                 inflight: InFlight::default(),
+                manifest_turns: KeyedLock::default(),
+                not_found: NotFound::new(proxy.not_found_ttl),
             }),
         }
     }

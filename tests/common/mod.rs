@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 against it.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+// Not every test crate that includes this module uses the proxy.
+#[allow(unused_imports)]
+pub use fault_proxy::{Fault, FaultProxy};
 pub use upstream::{sha256, FakeUpstream, PASSWORD, USER};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -34,6 +38,8 @@ pub struct MirrorSetup<'a> {
     pub credentials: bool,
     pub tag_ttl: &'a str,
     pub content_ttl: &'a str,
+    /// More `proxy:` keys, one `key: value` per line.
+    pub proxy_options: Vec<String>,
 }
 
 impl<'a> MirrorSetup<'a> {
@@ -43,7 +49,13 @@ impl<'a> MirrorSetup<'a> {
             credentials: true,
             tag_ttl: "1h",
             content_ttl: "168h",
+            proxy_options: Vec::new(),
         }
+    }
+
+    pub fn proxy_option(mut self, line: &str) -> Self {
+        self.proxy_options.push(line.to_owned());
+        self
     }
 
     pub fn tag_ttl(mut self, ttl: &'a str) -> Self {
@@ -68,8 +80,13 @@ impl<'a> MirrorSetup<'a> {
         } else {
             String::new()
         };
+        let options: String = self
+            .proxy_options
+            .iter()
+            .map(|line| format!("  {line}\n"))
+            .collect();
         let yaml = format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}{options}",
             dir.path().display(),
             self.remote,
             self.tag_ttl,
@@ -163,6 +180,19 @@ impl Mirror {
             }
         }
         received
+    }
+
+    /// Bytes in the spool: blobs being fetched right now.
+    pub fn spooled_bytes(&self) -> u64 {
+        std::fs::read_dir(self.storage.join("_spool"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Whether a blob or manifest's content is stored.

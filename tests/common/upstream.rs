@@ -30,6 +30,8 @@ pub struct Seen {
     pub method: Method,
     pub path: String,
     pub authorization: Option<String>,
+    /// The Range header, if any.
+    pub range: Option<String>,
 }
 
 #[derive(Default)]
@@ -47,6 +49,8 @@ pub struct Faults {
     pub redirect_blobs: AtomicBool,
     /// Registry requests (not the token service) answer this status, with this Retry-After.
     pub status: Mutex<Option<(u16, Option<String>)>>,
+    /// The token service refuses the mirror's credentials, as after a password change.
+    pub refuse_credentials: AtomicBool,
 }
 
 #[derive(Default)]
@@ -181,6 +185,10 @@ async fn handle(State(state): State<Arc<Upstream>>, request: Request) -> Respons
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        range: headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     if state.faults.down.load(Ordering::SeqCst) {
         return oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
@@ -198,7 +206,7 @@ async fn handle(State(state): State<Arc<Upstream>>, request: Request) -> Respons
         return response;
     }
     if let Some(digest) = path.strip_prefix("/cdn/") {
-        return cdn_blob(&state, digest);
+        return cdn_blob(&state, digest, &headers);
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND");
@@ -252,8 +260,7 @@ async fn handle(State(state): State<Arc<Upstream>>, request: Request) -> Respons
                 )
                     .into_response();
             }
-            let bytes = maybe_corrupt(&state, reference, bytes.clone());
-            blob_response(bytes.len(), Body::from(bytes))
+            blob_get(maybe_corrupt(&state, reference, bytes.clone()), &headers)
         }
     }
 }
@@ -276,11 +283,56 @@ fn blob_response(len: usize, body: Body) -> Response {
         .unwrap()
 }
 
-fn cdn_blob(state: &Upstream, digest: &str) -> Response {
+/// A blob GET's answer: the whole blob, or the part a single `Range: bytes=N-` or
+/// `bytes=N-M` asks for, as Docker Hub's CDN does, so a mirror can resume a cut download.
+/// Other Range forms are ignored and get the whole blob, which HTTP allows.
+fn blob_get(bytes: Bytes, headers: &HeaderMap) -> Response {
+    let Some((start, end)) = requested_range(headers) else {
+        return blob_response(bytes.len(), Body::from(bytes));
+    };
+    let total = bytes.len() as u64;
+    if start >= total {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{total}"))],
+        )
+            .into_response();
+    }
+    let end = end.map_or(total - 1, |end| end.min(total - 1));
+    let part = bytes.slice(start as usize..=end as usize);
+    let mut response = blob_response(part.len(), Body::from(part));
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    response.headers_mut().insert(
+        header::CONTENT_RANGE,
+        format!("bytes {start}-{end}/{total}").parse().unwrap(),
+    );
+    response
+}
+
+/// The first and (inclusive) last byte of a single `bytes=N-` or `bytes=N-M` Range header.
+fn requested_range(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
+    let value = headers.get(header::RANGE)?.to_str().ok()?;
+    let (start, end) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
+    // A suffix range ("-N") has no start, and a list ("N-M,K-L") leaves a comma in the end:
+    // both fail to parse here and are ignored.
+    let start = start.trim().parse().ok()?;
+    let end = match end.trim() {
+        "" => None,
+        end => Some(end.parse().ok()?),
+    };
+    if end.is_some_and(|end| end < start) {
+        return None;
+    }
+    Some((start, end))
+}
+
+fn cdn_blob(state: &Upstream, digest: &str, headers: &HeaderMap) -> Response {
     let repos = state.repos.lock().unwrap();
     let found = repos.values().find_map(|r| r.blobs.get(digest).cloned());
     match found {
-        Some(bytes) => blob_response(bytes.len(), Body::from(maybe_corrupt(state, digest, bytes))),
+        // Corrupt the whole blob first, then slice: a range of a corrupt blob is corrupt
+        // exactly where the whole one is.
+        Some(bytes) => blob_get(maybe_corrupt(state, digest, bytes), headers),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -392,7 +444,9 @@ fn token(state: &Upstream, query: &str, headers: &HeaderMap) -> Response {
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
         .map(|v| String::from_utf8_lossy(&v).into_owned());
     if let Some(pair) = &basic {
-        if pair != &format!("{USER}:{PASSWORD}") {
+        if pair != &format!("{USER}:{PASSWORD}")
+            || state.faults.refuse_credentials.load(Ordering::SeqCst)
+        {
             return oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
         }
     }

@@ -1,0 +1,138 @@
+//! cistern killed with SIGKILL in the middle of a fill, then restarted on the same storage: the
+//! partial blob is never served, and what it left behind is removed at start.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use reqwest::Method;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const MIB: usize = 1024 * 1024;
+
+/// The cistern binary on `config`; returns the process and the URL it serves.
+async fn start_cistern(config: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cistern"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("cistern exited before serving");
+        if let Some(rest) = line.split("cistern serving addr=").nth(1) {
+            break format!("http://{}", rest.split_whitespace().next().unwrap());
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_below(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_fill_leaves_nothing_served_and_the_restart_cleans_up() {
+    let up = FakeUpstream::start().await;
+    let bytes = content("crash", 8 * MIB);
+    let digest = up.add_blob("library/big", &bytes);
+    let proxy = FaultProxy::start(&up.url).await;
+    proxy.inject(
+        "/blobs/",
+        Fault::Slow {
+            bytes_per_sec: 2 * MIB as u64,
+        },
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  username: {USER}\n  password: {PASSWORD}\n",
+            storage.display(),
+            proxy.url
+        ),
+    )
+    .unwrap();
+    let path = format!("/v2/library/big/blobs/{digest}");
+    let spool = storage.join("_spool");
+    let blobs = storage.join("blobs");
+
+    let (mut cistern, url) = start_cistern(&config).await;
+    let mut body = reqwest::get(format!("{url}{path}"))
+        .await
+        .unwrap()
+        .bytes_stream();
+    let mut received = body.next().await.unwrap().unwrap().len();
+    for _ in 0..1000 {
+        let spooled: u64 = files_below(&spool)
+            .iter()
+            .map(|f| f.metadata().unwrap().len())
+            .sum();
+        if spooled >= MIB as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cistern.start_kill().unwrap();
+    cistern.wait().await.unwrap();
+    while let Some(Ok(chunk)) = body.next().await {
+        received += chunk.len();
+    }
+    assert!(
+        received < bytes.len(),
+        "the killed server cannot have sent it all"
+    );
+    assert_eq!(
+        files_below(&blobs),
+        Vec::<PathBuf>::new(),
+        "no partial blob stored"
+    );
+    assert_eq!(
+        files_below(&spool).len(),
+        1,
+        "the killed fill left its spool"
+    );
+
+    let (_cistern, url) = start_cistern(&config).await;
+    assert_eq!(
+        files_below(&spool),
+        Vec::<PathBuf>::new(),
+        "cleaned at start"
+    );
+    let again = reqwest::get(format!("{url}{path}")).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert!(
+        again.bytes().await.unwrap() == bytes,
+        "exact bytes after the restart"
+    );
+    assert_eq!(up.count(Method::GET, &format!("/blobs/{digest}")), 2);
+    assert_eq!(files_below(&blobs).len(), 1);
+}

@@ -220,6 +220,21 @@ async fn a_dropped_connection_is_resumed_with_range() {
 }
 
 #[tokio::test]
+async fn a_resume_that_upstream_answers_from_the_start_skips_what_was_received() {
+    let s = setup().await;
+    s.up.state
+        .faults
+        .ignore_range
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    s.proxy
+        .inject("/blobs/", Fault::CutAfter(300 * KIB as u64), 1);
+    let body = body_of(s.mirror.get(&s.cold_path()).await).await.unwrap();
+    assert!(body == s.cold_bytes);
+    assert_eq!(s.blob_gets(), 2);
+    assert!(s.mirror.has_content(&s.cold));
+}
+
+#[tokio::test]
 async fn a_download_that_keeps_breaking_fails_every_waiter_and_caches_nothing() {
     let s = setup().await;
     s.proxy

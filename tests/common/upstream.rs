@@ -51,6 +51,8 @@ pub struct Faults {
     pub status: Mutex<Option<(u16, Option<String>)>>,
     /// The token service refuses the mirror's credentials, as after a password change.
     pub refuse_credentials: AtomicBool,
+    /// Blob GETs ignore `Range` and send the whole blob (200), as some servers do.
+    pub ignore_range: AtomicBool,
 }
 
 #[derive(Default)]
@@ -260,7 +262,11 @@ async fn handle(State(state): State<Arc<Upstream>>, request: Request) -> Respons
                 )
                     .into_response();
             }
-            blob_get(maybe_corrupt(&state, reference, bytes.clone()), &headers)
+            blob_get(
+                &state,
+                maybe_corrupt(&state, reference, bytes.clone()),
+                &headers,
+            )
         }
     }
 }
@@ -286,8 +292,10 @@ fn blob_response(len: usize, body: Body) -> Response {
 /// A blob GET's answer: the whole blob, or the part a single `Range: bytes=N-` or
 /// `bytes=N-M` asks for, as Docker Hub's CDN does, so a mirror can resume a cut download.
 /// Other Range forms are ignored and get the whole blob, which HTTP allows.
-fn blob_get(bytes: Bytes, headers: &HeaderMap) -> Response {
-    let Some((start, end)) = requested_range(headers) else {
+fn blob_get(state: &Upstream, bytes: Bytes, headers: &HeaderMap) -> Response {
+    let range =
+        requested_range(headers).filter(|_| !state.faults.ignore_range.load(Ordering::SeqCst));
+    let Some((start, end)) = range else {
         return blob_response(bytes.len(), Body::from(bytes));
     };
     let total = bytes.len() as u64;
@@ -332,7 +340,7 @@ fn cdn_blob(state: &Upstream, digest: &str, headers: &HeaderMap) -> Response {
     match found {
         // Corrupt the whole blob first, then slice: a range of a corrupt blob is corrupt
         // exactly where the whole one is.
-        Some(bytes) => blob_get(maybe_corrupt(state, digest, bytes), headers),
+        Some(bytes) => blob_get(state, maybe_corrupt(state, digest, bytes), headers),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

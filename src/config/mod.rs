@@ -1,6 +1,7 @@
 //! cistern's configuration: CNCF Distribution's `config.yml` schema where the two overlap
 //! (so a registry:2 proxy config runs unchanged), with cistern's extensions beside it.
 
+mod count;
 mod duration;
 mod schema;
 
@@ -205,6 +206,7 @@ struct RawProxy {
     tagttl: Option<Duration>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
     notfoundttl: Option<Duration>,
+    #[serde(deserialize_with = "count::deserialize_optional")]
     maxfetches: Option<usize>,
 }
 
@@ -389,6 +391,8 @@ proxy:
             ("REGISTRY_PROXY_PASSWORD", "123456"),
             ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"),
             ("REGISTRY_PROXY_TAGTTL", "90s"),
+            ("REGISTRY_PROXY_MAXFETCHES", "8"),
+            ("REGISTRY_PROXY_NOTFOUNDTTL", "1m"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let c = Config::from_yaml(DISTRIBUTION_EXAMPLE, env).unwrap().config;
@@ -397,6 +401,8 @@ proxy:
         assert_eq!(creds.username, "envuser");
         assert_eq!(creds.password.expose_secret(), "123456");
         assert_eq!(c.proxy.tag_ttl, Duration::from_secs(90));
+        assert_eq!(c.proxy.max_fetches, 8);
+        assert_eq!(c.proxy.not_found_ttl, Duration::from_secs(60));
     }
 
     #[test]

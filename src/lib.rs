@@ -34,8 +34,8 @@ pub enum StartError {
 
 /// The whole application for `config`: storage, upstream client, router, and the background
 /// expiry sweep (so it must be called within a Tokio runtime).
-pub fn app(config: &Config) -> Result<Router, StartError> {
-    let storage = Storage::filesystem(&config.storage.root_directory)?;
+pub async fn app(config: &Config) -> Result<Router, StartError> {
+    let storage = Storage::open(&config.storage).await?;
     let upstream = Upstream::new(&config.proxy)?;
     let cache = Cache::new(storage.clone(), upstream, &config.proxy);
     cache::spawn_expiry(storage, config.proxy.content_ttl);
@@ -53,7 +53,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let router = app(config)?;
+    let router = app(config).await?;
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -61,7 +61,7 @@ pub async fn serve(
     tracing::info!(
         addr = %addr,
         upstream = %config.proxy.remote_url,
-        storage = %config.storage.root_directory.display(),
+        storage = %config.storage.describe(),
         tag_ttl = ?config.proxy.tag_ttl,
         credentials = config.proxy.credentials.is_some(),
         "cistern serving"

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::records::BlobLink;
 use super::{Cache, CacheError};
 use crate::registry::{Digest, DigestHasher, RepoName};
-use crate::storage::{layout, SpoolFile, SpoolReader};
+use crate::storage::{layout, ContentWriter, SpoolFile, SpoolReader};
 use crate::upstream::Resumed;
 
 /// Times a broken download is resumed before the fill gives up.
@@ -86,6 +86,7 @@ impl Fill {
             digest: digest.clone(),
             url: cache.upstream().blob_url(repo, digest),
             spool,
+            upload: None,
             progress: progress_tx,
         };
         tokio::spawn(task.run());
@@ -129,6 +130,9 @@ struct FillTask {
     /// Upstream URL of the blob, for messages.
     url: String,
     spool: SpoolFile,
+    /// On an object store: the multipart upload the blob streams into as it arrives, completed
+    /// only after the digest matched. None on the filesystem, where the spool is renamed.
+    upload: Option<ContentWriter>,
     progress: watch::Sender<Progress>,
 }
 
@@ -143,6 +147,15 @@ enum Interrupted {
 impl FillTask {
     async fn run(mut self) {
         let _turn = self.cache.upstream().fetch_permit().await;
+        let key = layout::content(&self.digest);
+        self.upload = match self.cache.storage().begin_blob_upload(&key).await {
+            Ok(upload) => upload,
+            Err(e) => {
+                // Clients still get the verified blob from the spool; it is just not kept.
+                tracing::error!(error = %e, "cannot start storing the blob; serving it uncached");
+                None
+            }
+        };
         match self.fetch().await {
             Ok(size) => {
                 // Stored before the last byte goes out: a client that has the whole blob can
@@ -152,6 +165,9 @@ impl FillTask {
             }
             Err(e) => {
                 tracing::warn!(repository = %self.repo, digest = %self.digest, error = %e, "blob fill failed; nothing was cached");
+                if let Some(upload) = self.upload.take() {
+                    upload.abort().await;
+                }
                 let e = Arc::new(super::blobs::blob_unknown(e, &self.repo, &self.digest));
                 self.progress
                     .send_modify(|p| p.state = FillState::Failed(e));
@@ -307,6 +323,12 @@ impl FillTask {
         }
         hasher.update(&batch);
         let len = batch.len() as u64;
+        if let Some(upload) = self.upload.as_mut() {
+            if let Err(e) = upload.write(&batch).await {
+                tracing::error!(error = %e, "cannot store the blob; serving it uncached");
+                self.upload.take().expect("upload present").abort().await;
+            }
+        }
         self.spool.append(batch).await.map_err(|source| {
             Interrupted::Fatal(CacheError::Storage(crate::storage::StorageError::Io {
                 key: self.spool.path().display().to_string(),
@@ -319,13 +341,22 @@ impl FillTask {
         Ok(())
     }
 
-    /// Moves the verified spool into storage and links it to the repository. A failure here
+    /// Stores the verified blob (renaming the spool, or completing the upload) and links it to
+    /// the repository. A failure here
     /// costs only the caching: every client already has (or is reading) verified bytes.
     async fn commit(&mut self, size: u64) {
         let storage = self.cache.storage().clone();
         let key = layout::content(&self.digest);
         let link = layout::blob_link(&self.repo, &self.digest);
-        let committed = match storage.commit_spool(&key, &mut self.spool).await {
+        let stored = if storage.is_local() {
+            storage.commit_spool(&key, &mut self.spool).await
+        } else {
+            match self.upload.take() {
+                Some(upload) => upload.commit().await,
+                None => return, // storing failed earlier and was logged then
+            }
+        };
+        let committed = match stored {
             Ok(()) => storage.write_record(&link, &BlobLink { size }).await,
             Err(e) => Err(e),
         };

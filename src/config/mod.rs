@@ -1,7 +1,10 @@
 //! cistern's configuration: CNCF Distribution's `config.yml` schema where the two overlap
 //! (so a registry:2 proxy config runs unchanged), with cistern's extensions beside it.
 
-mod count;
+mod scalar;
+mod storage;
+use storage::RawStorage;
+pub use storage::{AzureConfig, GcsConfig, S3Config, StorageConfig};
 mod duration;
 mod schema;
 
@@ -43,11 +46,6 @@ pub struct HttpConfig {
     pub addr: String,
     /// Extra headers on every response (`http.headers`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    pub root_directory: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -184,18 +182,6 @@ struct RawHttp {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct RawStorage {
-    filesystem: RawFilesystem,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawFilesystem {
-    rootdirectory: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
 struct RawProxy {
     remoteurl: Option<String>,
     username: Option<String>,
@@ -206,7 +192,7 @@ struct RawProxy {
     tagttl: Option<Duration>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
     notfoundttl: Option<Duration>,
-    #[serde(deserialize_with = "count::deserialize_optional")]
+    #[serde(deserialize_with = "scalar::deserialize_optional_count")]
     maxfetches: Option<usize>,
 }
 
@@ -227,14 +213,7 @@ impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         Ok(Config {
             http: self.http.validate()?,
-            storage: StorageConfig {
-                root_directory: PathBuf::from(
-                    self.storage
-                        .filesystem
-                        .rootdirectory
-                        .unwrap_or_else(|| "./storage".to_owned()),
-                ),
-            },
+            storage: self.storage.validate()?,
             proxy: self.proxy.validate()?,
             log: self.log.validate()?,
         })
@@ -366,7 +345,10 @@ proxy:
         let c = loaded.config;
         assert_eq!(c.http.addr, "0.0.0.0:5000");
         assert_eq!(c.http.headers.len(), 1);
-        assert_eq!(c.storage.root_directory, PathBuf::from("/var/lib/registry"));
+        assert!(matches!(
+            &c.storage,
+            StorageConfig::Filesystem { root_directory } if root_directory == &PathBuf::from("/var/lib/registry")
+        ));
         assert_eq!(c.proxy.remote_url.as_str(), "https://registry-1.docker.io/");
         let creds = c.proxy.credentials.unwrap();
         assert_eq!(creds.username, "someuser");
@@ -381,7 +363,10 @@ proxy:
         assert_eq!(c.http.addr, "0.0.0.0:5000");
         assert_eq!(c.proxy.remote_url.as_str(), "https://registry-1.docker.io/");
         assert!(c.proxy.credentials.is_none());
-        assert_eq!(c.storage.root_directory, PathBuf::from("./storage"));
+        assert!(matches!(
+            &c.storage,
+            StorageConfig::Filesystem { root_directory } if root_directory == &PathBuf::from("./storage")
+        ));
     }
 
     #[test]
@@ -419,12 +404,83 @@ proxy:
     }
 
     #[test]
+    fn storage_drivers_in_distribution_keys() {
+        let s3 = "storage:\n  s3:\n    bucket: cache\n    region: eu-west-1\n    regionendpoint: http://127.0.0.1:9000\n    accesskey: AKIA\n    secretkey: s3cr3t\n    rootdirectory: /mirror/\n    encrypt: false\n";
+        let loaded = Config::from_yaml(s3, Vec::new()).unwrap();
+        assert_eq!(
+            loaded.warnings.len(),
+            1,
+            "encrypt is ignored with a warning"
+        );
+        let StorageConfig::S3(c) = loaded.config.storage else {
+            panic!("s3 expected")
+        };
+        assert_eq!(c.bucket, "cache");
+        assert_eq!(c.root_directory, "mirror");
+        assert!(c.allow_http && c.force_path_style);
+        assert_eq!(c.secret_key.unwrap().expose_secret(), "s3cr3t");
+
+        let env =
+            [("REGISTRY_STORAGE_S3_BUCKET", "from-env")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::from_yaml("storage: {s3: {bucket: x, forcepathstyle: 'false'}}", env)
+            .unwrap()
+            .config;
+        let StorageConfig::S3(c) = c.storage else {
+            panic!("s3 expected")
+        };
+        assert_eq!(c.bucket, "from-env");
+        assert!(!c.force_path_style);
+
+        let c = Config::from_yaml("storage: {inmemory: }", Vec::new())
+            .unwrap()
+            .config;
+        assert!(matches!(c.storage, StorageConfig::InMemory));
+        let c = Config::from_yaml("storage: {gcs: {bucket: b}}", Vec::new())
+            .unwrap()
+            .config;
+        assert!(matches!(c.storage, StorageConfig::Gcs(_)));
+        let c = Config::from_yaml(
+            "storage: {azure: {accountname: a, container: c}}",
+            Vec::new(),
+        )
+        .unwrap()
+        .config;
+        assert!(matches!(c.storage, StorageConfig::Azure(_)));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("proxy: {tagttl: soon}", "proxy.tagttl"),
             ("proxy: {notfoundttl: -1}", "proxy.notfoundttl"),
             ("proxy: {maxfetches: 0}", "proxy.maxfetches"),
             ("proxy: {maxfetches: many}", "proxy.maxfetches"),
+            ("storage: {s3: {region: x}}", "storage.s3.bucket"),
+            (
+                "storage: {s3: {bucket: b, accesskey: a}}",
+                "storage.s3.secretkey",
+            ),
+            (
+                "storage: {s3: {bucket: b, secretkey: a}}",
+                "storage.s3.accesskey",
+            ),
+            (
+                "storage: {s3: {bucket: b, regionendpoint: 'not a url'}}",
+                "storage.s3.regionendpoint",
+            ),
+            (
+                "storage: {s3: {bucket: b, secure: maybe}}",
+                "storage.s3.secure",
+            ),
+            ("storage: {gcs: {keyfile: k}}", "storage.gcs.bucket"),
+            (
+                "storage: {azure: {container: c}}",
+                "storage.azure.accountname",
+            ),
+            (
+                "storage: {inmemory: , filesystem: {rootdirectory: /x}}",
+                "storage",
+            ),
             ("proxy: {remoteurl: 'not a url'}", "proxy.remoteurl"),
             ("proxy: {remoteurl: 'ftp://x'}", "proxy.remoteurl"),
             ("proxy: {username: u}", "proxy.password"),

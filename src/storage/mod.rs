@@ -1,6 +1,7 @@
 //! The storage facade: everything cistern keeps goes through here, over any
 //! `object_store::ObjectStore` (the local filesystem today; S3, GCS or Azure later).
 
+mod backends;
 pub mod layout;
 mod spool;
 mod writer;
@@ -21,9 +22,6 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use spool::{SpoolDir, SpoolFile, SpoolReader};
 pub use writer::ContentWriter;
 
-/// How much of a spool is read at once when it is uploaded to an object store.
-const UPLOAD_CHUNK: usize = 8 * 1024 * 1024;
-
 /// A storage failure, naming the key it happened on.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -41,6 +39,11 @@ pub enum StorageError {
     Root {
         path: String,
         source: std::io::Error,
+    },
+    #[error("cannot use storage {store}: {source}")]
+    Unreachable {
+        store: String,
+        source: object_store::Error,
     },
     #[error("storage error on key {key}: {source}")]
     Io { key: String, source: std::io::Error },
@@ -92,13 +95,30 @@ impl Storage {
         })
     }
 
+    /// The store is a local directory (blobs are committed by renaming their spool).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// Where fills spool the blobs they fetch.
     pub fn spool(&self) -> &SpoolDir {
         &self.spool
     }
 
-    /// Makes a verified spool the object at `key`: a rename on the filesystem, an upload
-    /// (visible only once complete) on an object store.
+    /// On an object store, the upload a fill streams a blob into while it arrives; it becomes
+    /// visible only when committed. None on the filesystem, where the spool itself is renamed
+    /// into place (`commit_spool`).
+    pub async fn begin_blob_upload(
+        &self,
+        key: &Path,
+    ) -> Result<Option<ContentWriter>, StorageError> {
+        if self.local_root.is_some() {
+            return Ok(None);
+        }
+        self.begin_write(key).await.map(Some)
+    }
+
+    /// On the filesystem, makes a verified spool the object at `key` with a rename.
     pub async fn commit_spool(
         &self,
         key: &Path,
@@ -109,7 +129,9 @@ impl Storage {
             source,
         };
         let Some(root) = &self.local_root else {
-            return self.upload_spool(key, spool).await;
+            return Err(io_error(std::io::Error::other(
+                "only a filesystem store takes spools; object stores take uploads",
+            )));
         };
         spool.sync().await.map_err(io_error)?;
         let destination = root.join(key.as_ref());
@@ -121,29 +143,6 @@ impl Storage {
             .map_err(io_error)?;
         spool.mark_kept();
         Ok(())
-    }
-
-    async fn upload_spool(&self, key: &Path, spool: &SpoolFile) -> Result<(), StorageError> {
-        let reader = spool.reader();
-        let mut writer = self.begin_write(key).await?;
-        let mut offset = 0;
-        loop {
-            let chunk = match reader.read_at(offset, UPLOAD_CHUNK).await {
-                Ok(chunk) => chunk,
-                Err(source) => {
-                    writer.abort().await;
-                    return Err(StorageError::Io {
-                        key: key.to_string(),
-                        source,
-                    });
-                }
-            };
-            if chunk.is_empty() {
-                return writer.commit().await;
-            }
-            offset += chunk.len() as u64;
-            writer.write(&chunk).await?;
-        }
     }
 
     /// The size of the object at `key`, or None if it does not exist.

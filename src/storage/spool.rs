@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// Names the spool directories of processes using an object store, followed by their pid.
+const SPOOL_PREFIX: &str = "cistern-spool-";
+
 /// The directory spool files live in; it belongs to one cistern process.
 pub struct SpoolDir {
     path: PathBuf,
@@ -33,6 +36,25 @@ impl SpoolDir {
             path,
             next: AtomicU64::new(0),
         })
+    }
+
+    /// For a store that is not a local directory: a directory of this process under the
+    /// system's temporary directory. Those of processes no longer running are removed.
+    pub fn for_this_process() -> std::io::Result<Self> {
+        let temp = std::env::temp_dir();
+        let ours = format!("{SPOOL_PREFIX}{}", std::process::id());
+        if let Ok(entries) = std::fs::read_dir(&temp) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name.strip_prefix(SPOOL_PREFIX) else {
+                    continue;
+                };
+                if name != ours && !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Self::clean(temp.join(ours))
     }
 
     pub fn path(&self) -> &Path {

@@ -1,0 +1,48 @@
+//! Scalars in the configuration that may be written in YAML (`maxfetches: 8`,
+//! `forcepathstyle: true`) or come from the environment as text
+//! (`REGISTRY_PROXY_MAXFETCHES=8`, `REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true`).
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Written<T> {
+    Value(T),
+    Text(String),
+}
+
+fn from_text<'de, D: Deserializer<'de>, T>(
+    d: D,
+    parse: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+{
+    match Option::<Written<T>>::deserialize(d)? {
+        None => Ok(None),
+        Some(Written::Value(v)) => Ok(Some(v)),
+        Some(Written::Text(text)) => parse(text.trim())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not {expected}"))),
+    }
+}
+
+/// A whole number.
+pub fn deserialize_optional_count<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    from_text(d, |t| t.parse().ok(), "a whole number such as 8")
+}
+
+/// `true` or `false`.
+pub fn deserialize_optional_bool<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<bool>, D::Error> {
+    from_text(d, |t| t.parse().ok(), "true or false")
+}
+
+/// Present at all, whatever its value (`inmemory:` has none).
+pub fn deserialize_present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}

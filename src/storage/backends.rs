@@ -1,0 +1,122 @@
+//! Opening the store `storage:` names: the filesystem, memory, S3 (or an S3-compatible server),
+//! GCS or Azure Blob, all behind `object_store`. A bucket is checked before cistern serves, so
+//! a wrong name, endpoint or credential stops start-up with a message instead of failing pulls.
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ClientOptions, ObjectStore};
+use secrecy::ExposeSecret;
+
+use super::{SpoolDir, Storage, StorageError};
+use crate::config::StorageConfig;
+
+/// A key that is never written: reading it tells whether the bucket answers.
+const PROBE_KEY: &str = "_cistern/probe";
+
+impl Storage {
+    /// The store `config` describes, checked to answer.
+    pub async fn open(config: &StorageConfig) -> Result<Storage, StorageError> {
+        let (store, name): (Arc<dyn ObjectStore>, String) = match config {
+            StorageConfig::Filesystem { root_directory } => {
+                return Storage::filesystem(root_directory)
+            }
+            StorageConfig::InMemory => (Arc::new(InMemory::new()), config.describe()),
+            StorageConfig::S3(s3) => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(&s3.bucket)
+                    .with_virtual_hosted_style_request(!s3.force_path_style)
+                    .with_client_options(client_options(s3.allow_http, s3.skip_verify));
+                if let Some(region) = &s3.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some(endpoint) = &s3.endpoint {
+                    builder = builder.with_endpoint(endpoint.as_str().trim_end_matches('/'));
+                }
+                if let (Some(key), Some(secret)) = (&s3.access_key, &s3.secret_key) {
+                    builder = builder
+                        .with_access_key_id(key)
+                        .with_secret_access_key(secret.expose_secret());
+                }
+                if let Some(token) = &s3.session_token {
+                    builder = builder.with_token(token.expose_secret());
+                }
+                let store = builder.build().map_err(|e| opening(config, e))?;
+                (prefixed(store, &s3.root_directory), config.describe())
+            }
+            StorageConfig::Gcs(gcs) => {
+                let mut builder =
+                    GoogleCloudStorageBuilder::from_env().with_bucket_name(&gcs.bucket);
+                if let Some(key_file) = &gcs.key_file {
+                    builder = builder.with_service_account_path(key_file.display().to_string());
+                }
+                let store = builder.build().map_err(|e| opening(config, e))?;
+                (prefixed(store, &gcs.root_directory), config.describe())
+            }
+            StorageConfig::Azure(azure) => {
+                let mut builder = MicrosoftAzureBuilder::from_env()
+                    .with_account(&azure.account_name)
+                    .with_container_name(&azure.container);
+                if let Some(key) = &azure.account_key {
+                    builder = builder.with_access_key(key.expose_secret());
+                }
+                if let Some(url) = &azure.service_url {
+                    builder = builder
+                        .with_endpoint(url.as_str().trim_end_matches('/').to_owned())
+                        .with_allow_http(url.scheme() == "http");
+                }
+                let store = builder.build().map_err(|e| opening(config, e))?;
+                (prefixed(store, &azure.root_directory), config.describe())
+            }
+        };
+        let storage = Storage {
+            store,
+            local_root: None,
+            spool: Arc::new(
+                SpoolDir::for_this_process().map_err(|source| StorageError::Root {
+                    path: std::env::temp_dir().display().to_string(),
+                    source,
+                })?,
+            ),
+        };
+        storage.check_reachable(&name).await?;
+        Ok(storage)
+    }
+
+    /// Reads a key that does not exist: "not found" means the bucket answers.
+    async fn check_reachable(&self, name: &str) -> Result<(), StorageError> {
+        match self.store.head(&Path::from(PROBE_KEY)).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StorageError::Unreachable {
+                store: name.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+fn client_options(allow_http: bool, skip_verify: bool) -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_allow_invalid_certificates(skip_verify)
+}
+
+fn prefixed<T: ObjectStore>(store: T, root: &str) -> Arc<dyn ObjectStore> {
+    if root.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, root))
+    }
+}
+
+fn opening(config: &StorageConfig, source: object_store::Error) -> StorageError {
+    StorageError::Unreachable {
+        store: config.describe(),
+        source,
+    }
+}

@@ -9,15 +9,20 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Names the spool directories of processes using an object store, followed by their pid.
 const SPOOL_PREFIX: &str = "cistern-spool-";
 
+/// Numbers spool files uniquely within the process, whichever directory they are in.
+static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
+
+/// The spool directory of this process for object stores, emptied once when first used.
+static PROCESS_SPOOL: OnceLock<PathBuf> = OnceLock::new();
+
 /// The directory spool files live in; it belongs to one cistern process.
 pub struct SpoolDir {
     path: PathBuf,
-    next: AtomicU64,
 }
 
 impl SpoolDir {
@@ -32,29 +37,31 @@ impl SpoolDir {
             Err(e) => return Err(e),
         }
         std::fs::create_dir_all(&path)?;
-        Ok(SpoolDir {
-            path,
-            next: AtomicU64::new(0),
-        })
+        Ok(SpoolDir { path })
     }
 
     /// For a store that is not a local directory: a directory of this process under the
     /// system's temporary directory. Those of processes no longer running are removed.
     pub fn for_this_process() -> std::io::Result<Self> {
-        let temp = std::env::temp_dir();
-        let ours = format!("{SPOOL_PREFIX}{}", std::process::id());
-        if let Ok(entries) = std::fs::read_dir(&temp) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(pid) = name.strip_prefix(SPOOL_PREFIX) else {
-                    continue;
-                };
-                if name != ours && !Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(entry.path());
+        // Emptied once per process, however many stores it opens (tests run several).
+        let path = PROCESS_SPOOL.get_or_init(|| {
+            let temp = std::env::temp_dir();
+            let ours = format!("{SPOOL_PREFIX}{}", std::process::id());
+            if let Ok(entries) = std::fs::read_dir(&temp) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Some(pid) = name.strip_prefix(SPOOL_PREFIX) else {
+                        continue;
+                    };
+                    if name == ours || !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
                 }
             }
-        }
-        Self::clean(temp.join(ours))
+            temp.join(ours)
+        });
+        std::fs::create_dir_all(path)?;
+        Ok(SpoolDir { path: path.clone() })
     }
 
     pub fn path(&self) -> &Path {
@@ -63,7 +70,7 @@ impl SpoolDir {
 
     /// A new, empty spool file; `label` (a digest's hex) makes its name recognisable.
     pub fn create(&self, label: &str) -> std::io::Result<SpoolFile> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT_SPOOL.fetch_add(1, Ordering::Relaxed);
         let path = self.path.join(format!("{label}.{n}"));
         let writer = File::options().write(true).create_new(true).open(&path)?;
         let reader = File::open(&path)?;

@@ -281,16 +281,21 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .then(|| BlobFetch::start(&shared));
 
     let mut headers = request.headers().clone();
-    // reqwest sets Host from the target URL. The request body is not forwarded (only GET
-    // and HEAD go through here), so headers announcing one would make upstream wait for it.
+    // reqwest sets Host from the target URL, and Content-Length from the body it forwards
+    // (an object store's uploads have bodies; registry GETs and HEADs have none).
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
     strip_hop_by_hop(&mut headers);
+    let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("fault proxy: {e}\n")).into_response(),
+    };
     let url = format!("{}{path_and_query}", shared.target);
     let upstream = match shared
         .client
         .request(method, url)
         .headers(headers)
+        .body(body)
         .send()
         .await
     {

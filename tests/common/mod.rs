@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod moto;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub struct MirrorSetup<'a> {
     pub content_ttl: &'a str,
     /// More `proxy:` keys, one `key: value` per line.
     pub proxy_options: Vec<String>,
+    /// A whole `storage:` section instead of a fresh directory.
+    pub storage_yaml: Option<String>,
 }
 
 impl<'a> MirrorSetup<'a> {
@@ -50,7 +53,13 @@ impl<'a> MirrorSetup<'a> {
             tag_ttl: "1h",
             content_ttl: "168h",
             proxy_options: Vec::new(),
+            storage_yaml: None,
         }
+    }
+
+    pub fn storage(mut self, yaml: String) -> Self {
+        self.storage_yaml = Some(yaml);
+        self
     }
 
     pub fn proxy_option(mut self, line: &str) -> Self {
@@ -85,9 +94,14 @@ impl<'a> MirrorSetup<'a> {
             .iter()
             .map(|line| format!("  {line}\n"))
             .collect();
+        let storage = self.storage_yaml.clone().unwrap_or_else(|| {
+            format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\n",
+                dir.path().display()
+            )
+        });
         let yaml = format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}{options}",
-            dir.path().display(),
+            "version: 0.1\n{storage}proxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}{options}",
             self.remote,
             self.tag_ttl,
             self.content_ttl

@@ -1,0 +1,181 @@
+//! cistern caching in S3 (a real S3-compatible server, moto, on loopback), and two replicas on
+//! one bucket behaving as one cache.
+
+mod common;
+
+use common::moto::Moto;
+use common::*;
+use futures::StreamExt;
+use reqwest::Method;
+
+/// A bucket on a fresh moto, and the `storage:` section for it (through `endpoint` when given,
+/// e.g. a proxy counting store requests).
+async fn bucket(endpoint: Option<&str>) -> (Moto, String) {
+    let moto = Moto::start().await;
+    moto.create_bucket("cache").await;
+    let yaml = moto.storage_yaml(endpoint.unwrap_or(&moto.endpoint), "cache");
+    (moto, yaml)
+}
+
+#[tokio::test]
+async fn a_pull_through_replica_a_then_b_fetches_from_upstream_once() {
+    let up = FakeUpstream::start().await;
+    add_multi_arch(&up, "library/multi", "latest");
+    let (moto, storage) = bucket(None).await;
+    let a = MirrorSetup::new(&up.url)
+        .storage(storage.clone())
+        .start()
+        .await;
+    let b = MirrorSetup::new(&up.url).storage(storage).start().await;
+
+    let from_a = a.pull("library/multi", "latest").await;
+    let upstream_after_a = up.registry_requests();
+    assert!(up.count(Method::GET, "/blobs/") > 0);
+    let from_b = b.pull("library/multi", "latest").await;
+    assert_eq!(
+        up.registry_requests(),
+        upstream_after_a,
+        "replica B served everything replica A cached"
+    );
+    assert_eq!(from_a, from_b, "identical bytes from both replicas");
+
+    let keys = moto.keys("cache", "mirror/").await;
+    assert!(keys.iter().any(|k| k.starts_with("mirror/blobs/sha256/")));
+    assert!(keys.iter().any(|k| k.contains("/_tags/latest")));
+    assert_eq!(moto.pending_uploads("cache").await, 0);
+}
+
+#[tokio::test]
+async fn cached_blobs_serve_ranges_and_heads_from_the_bucket() {
+    let up = FakeUpstream::start().await;
+    let image = add_alpine(&up);
+    let (_moto, storage) = bucket(None).await;
+    let a = MirrorSetup::new(&up.url)
+        .storage(storage.clone())
+        .start()
+        .await;
+    let b = MirrorSetup::new(&up.url).storage(storage).start().await;
+    a.pull("library/alpine", "latest").await;
+    let layer = &image.blobs[2];
+    let path = format!("/v2/library/alpine/blobs/{layer}");
+    let whole = b.get(&path).await.bytes().await.unwrap();
+
+    let head = b.head(&path).await;
+    assert_eq!(header(&head, "content-length"), whole.len().to_string());
+    let part = b
+        .http
+        .get(format!("{}{path}", b.url))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        header(&part, "content-range"),
+        format!("bytes 10-19/{}", whole.len())
+    );
+    assert_eq!(part.bytes().await.unwrap(), whole.slice(10..20));
+    assert_eq!(up.count(Method::GET, &format!("/blobs/{layer}")), 1);
+}
+
+#[tokio::test]
+async fn both_replicas_filling_one_blob_at_once_stay_correct() {
+    let up = FakeUpstream::start().await;
+    let bytes = content("shared", 3 * 1024 * 1024);
+    let digest = up.add_blob("org/app", &bytes);
+    let (moto, storage) = bucket(None).await;
+    let a = MirrorSetup::new(&up.url)
+        .storage(storage.clone())
+        .start()
+        .await;
+    let b = MirrorSetup::new(&up.url).storage(storage).start().await;
+    let path = format!("/v2/org/app/blobs/{digest}");
+    let (from_a, from_b) = tokio::join!(a.get(&path), b.get(&path));
+    let (from_a, from_b) = tokio::join!(from_a.bytes(), from_b.bytes());
+    assert!(from_a.unwrap() == bytes && from_b.unwrap() == bytes);
+    // Each replica may have fetched it; the object is the same bytes either way.
+    let again = a.get(&path).await.bytes().await.unwrap();
+    assert!(again == bytes);
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let keys = moto.keys("cache", "mirror/blobs/").await;
+    assert_eq!(
+        keys,
+        vec![format!("mirror/blobs/sha256/{}/{hex}", &hex[..2])]
+    );
+    assert_eq!(moto.pending_uploads("cache").await, 0);
+}
+
+#[tokio::test]
+async fn a_corrupted_upstream_blob_leaves_no_object_behind() {
+    let up = FakeUpstream::start().await;
+    let bytes = content("corrupt", 3 * 1024 * 1024);
+    let digest = up.add_blob("org/app", &bytes);
+    up.state.corrupt.lock().unwrap().push(digest.clone());
+    let (moto, storage) = bucket(None).await;
+    let a = MirrorSetup::new(&up.url).storage(storage).start().await;
+    let path = format!("/v2/org/app/blobs/{digest}");
+
+    let mut body = a.get(&path).await.bytes_stream();
+    let mut failed = false;
+    while let Some(chunk) = body.next().await {
+        failed |= chunk.is_err();
+    }
+    assert!(failed, "the body must not complete");
+    assert_eq!(
+        moto.keys("cache", "mirror/blobs/").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        moto.pending_uploads("cache").await,
+        0,
+        "the upload was aborted"
+    );
+
+    up.state.corrupt.lock().unwrap().clear();
+    assert!(a.get(&path).await.bytes().await.unwrap() == bytes);
+    assert_eq!(moto.keys("cache", "mirror/blobs/").await.len(), 1);
+}
+
+/// Not a target, a figure for the README: the store requests one blob costs.
+#[tokio::test]
+async fn store_requests_per_cold_and_warm_blob() {
+    let up = FakeUpstream::start().await;
+    let bytes = content("counted", 20 * 1024 * 1024);
+    let digest = up.add_blob("org/app", &bytes);
+    let moto = Moto::start().await;
+    moto.create_bucket("cache").await;
+    let counter = FaultProxy::start(&moto.endpoint).await;
+    let storage = moto.storage_yaml(&counter.url, "cache");
+    // No expiry sweep (its LIST runs at start and every ttl/4, off the request path).
+    let mirror = MirrorSetup::new(&up.url)
+        .storage(storage)
+        .content_ttl("0s")
+        .start()
+        .await;
+    // Once it answers, start-up (with its bucket check) is over.
+    assert_eq!(mirror.get("/v2/").await.status(), 200);
+    let path = format!("/v2/org/app/blobs/{digest}");
+
+    let start = counter.seen().len();
+    assert!(mirror.get(&path).await.bytes().await.unwrap() == bytes);
+    let cold: Vec<String> = counter.seen()[start..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    let start = counter.seen().len();
+    assert!(mirror.get(&path).await.bytes().await.unwrap() == bytes);
+    let warm: Vec<String> = counter.seen()[start..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    println!("cold 20 MiB blob: {} store requests: {cold:#?}", cold.len());
+    println!("warm 20 MiB blob: {} store requests: {warm:#?}", warm.len());
+    // HEAD (miss), create upload, 3 parts of 8 MiB, complete, PUT link
+    assert_eq!(cold.len(), 7, "{cold:#?}");
+    // HEAD, GET link, GET blob
+    assert_eq!(warm.len(), 3, "{warm:#?}");
+    assert!(
+        !cold.iter().chain(&warm).any(|r| r.contains("list-type")),
+        "no LIST"
+    );
+}

@@ -179,3 +179,38 @@ async fn store_requests_per_cold_and_warm_blob() {
         "no LIST"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_clients_on_one_cold_blob_in_s3_share_one_upstream_get() {
+    let up = FakeUpstream::start().await;
+    let bytes = content("s3-single-flight", 8 * 1024 * 1024);
+    let digest = up.add_blob("library/big", &bytes);
+    let proxy = FaultProxy::start(&up.url).await;
+    proxy.inject(
+        "/blobs/",
+        Fault::Slow {
+            bytes_per_sec: 8 * 1024 * 1024,
+        },
+        1,
+    );
+    let (moto, storage) = bucket(None).await;
+    let mirror = MirrorSetup::new(&proxy.url).storage(storage).start().await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (http, url) = (
+            mirror.http.clone(),
+            format!("{}/v2/library/big/blobs/{digest}", mirror.url),
+        );
+        clients.push(tokio::spawn(async move {
+            http.get(url).send().await.unwrap().bytes().await.unwrap()
+        }));
+    }
+    for client in clients {
+        assert!(
+            client.await.unwrap() == bytes,
+            "exact bytes for every client"
+        );
+    }
+    assert_eq!(up.count(Method::GET, &format!("/blobs/{digest}")), 1);
+    assert_eq!(moto.keys("cache", "mirror/blobs/").await.len(), 1);
+}

@@ -219,8 +219,14 @@ pub fn apply_env_overrides(
         .into_iter()
         .filter(|(name, _)| name.starts_with("REGISTRY_"))
         .collect();
-    vars.sort();
+    vars.sort(); // REGISTRY_STORAGE comes before the REGISTRY_STORAGE_<DRIVER>_* it selects
     for (name, value) in vars {
+        if name == "REGISTRY_STORAGE" {
+            if !select_storage_driver(document, &value) {
+                unrecognised.push(format!("{name}={value}"));
+            }
+            continue;
+        }
         let segments: Vec<String> = name["REGISTRY_".len()..]
             .split('_')
             .map(str::to_ascii_lowercase)
@@ -231,6 +237,28 @@ pub fn apply_env_overrides(
         }
     }
     unrecognised
+}
+
+/// Storage drivers `REGISTRY_STORAGE` may name.
+const STORAGE_DRIVERS: [&str; 5] = ["filesystem", "inmemory", "s3", "gcs", "azure"];
+
+/// `REGISTRY_STORAGE=s3`, as in Distribution: the file's storage driver is replaced by this
+/// one, whose settings then come from `REGISTRY_STORAGE_S3_*`. False for an unknown driver.
+fn select_storage_driver(document: &mut Value, driver: &str) -> bool {
+    if !STORAGE_DRIVERS.contains(&driver) {
+        return false;
+    }
+    if let Some(Value::Mapping(storage)) = document.get_mut("storage") {
+        for other in STORAGE_DRIVERS {
+            storage.remove(other);
+        }
+    }
+    set_path(
+        document,
+        &["storage".to_owned(), driver.to_owned()],
+        Value::Mapping(Mapping::new()),
+    );
+    true
 }
 
 /// Maps the segments of an environment variable onto key names, or None when they name no key.

@@ -10,14 +10,15 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientOptions, ObjectStore};
+use object_store::{ClientOptions, ObjectStore, PutPayload};
 use secrecy::ExposeSecret;
 
-use super::{SpoolDir, Storage, StorageError};
+use super::{layout, SpoolDir, Storage, StorageError};
 use crate::config::StorageConfig;
 
-/// A key that is never written: reading it tells whether the bucket answers.
-const PROBE_KEY: &str = "_cistern/probe";
+/// Written at start: proves the bucket exists and takes writes with these credentials (a read
+/// cannot tell a missing bucket from a missing key).
+const PROBE_KEY: &str = "probe";
 
 impl Storage {
     /// The store `config` describes, checked to answer.
@@ -88,10 +89,14 @@ impl Storage {
         Ok(storage)
     }
 
-    /// Reads a key that does not exist: "not found" means the bucket answers.
     async fn check_reachable(&self, name: &str) -> Result<(), StorageError> {
-        match self.store.head(&Path::from(PROBE_KEY)).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        let probe = PutPayload::from_static(b"cistern checks it can write here\n");
+        match self
+            .store
+            .put(&Path::from(layout::INTERNAL).child(PROBE_KEY), probe)
+            .await
+        {
+            Ok(_) => Ok(()),
             Err(source) => Err(StorageError::Unreachable {
                 store: name.to_owned(),
                 source,

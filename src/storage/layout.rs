@@ -6,6 +6,8 @@
 //! repositories/<name>/_manifests/<alg>/<hex>     link: this repository holds this manifest (+ media type)
 //! repositories/<name>/_tags/<tag>                tag record: digest, media type, when it was checked
 //! _spool/<hex>.<n>                               a blob being fetched (filesystem only; never served)
+//! _cistern/probe                                 written at start to check the store takes writes
+//! _cistern/probe                                 written at start to check the store takes writes
 //! ```
 //! Content is stored once; links say which repository may serve it (a blob fetched for a
 //! private repository must not be readable through a public name). Repository name components
@@ -20,10 +22,14 @@ pub const REPOSITORIES: &str = "repositories";
 /// Blobs being fetched; emptied at every start.
 pub const SPOOL: &str = "_spool";
 
-pub fn is_spool(key: &Path) -> bool {
+/// cistern's own bookkeeping (the start-up write probe); never expires.
+pub const INTERNAL: &str = "_cistern";
+
+/// Keys the expiry sweep leaves alone: blobs being fetched and cistern's own.
+pub fn is_internal(key: &Path) -> bool {
     key.parts()
         .next()
-        .is_some_and(|first| first.as_ref() == SPOOL)
+        .is_some_and(|first| first.as_ref() == SPOOL || first.as_ref() == INTERNAL)
 }
 /// Separates a repository's name from its records in a key.
 pub const RECORDS_MARKER: &str = "/_";

@@ -267,8 +267,8 @@ impl Storage {
             .list(None)
             .try_filter_map(|meta| async move {
                 let old = meta.last_modified.timestamp_millis() < cutoff_ms;
-                let spooling = layout::is_spool(&meta.location);
-                Ok((old && !spooling).then_some(meta.location))
+                let internal = layout::is_internal(&meta.location);
+                Ok((old && !internal).then_some(meta.location))
             })
             .try_collect()
             .await

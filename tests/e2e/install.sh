@@ -49,4 +49,4 @@ echo "install.sh: versions:"
 skopeo --version || true
 dockerd --version || true
 containerd --version || true
-"$PY" -c 'import cryptography, pytest; print("cryptography", cryptography.__version__, "pytest", pytest.__version__)'
+"$PY" -c 'import cryptography, pytest, moto; print("cryptography", cryptography.__version__, "pytest", pytest.__version__, "moto", moto.__version__)'

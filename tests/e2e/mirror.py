@@ -30,9 +30,7 @@ log:
 storage:
   cache:
     blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: {storage}
-http:
+{storage}http:
   addr: {addr}
   headers:
     X-Content-Type-Options: [nosniff]
@@ -46,18 +44,22 @@ proxy:
 {credentials}"""
 
 
-def proxy_config(storage: str, addr: str, remote_url: str, credentials: tuple[str, str] | None) -> str:
+def proxy_config(storage: str, addr: str, remote_url: str, credentials: tuple[str, str] | None,
+                 storage_driver: str | None = None) -> str:
+    """The config file; `storage_driver` (indented YAML under `storage:`) replaces the directory."""
     creds = ""
     if credentials:
         user, password = credentials
         creds = f"  username: {user}\n  password: {password}\n"
-    return PROXY_CONFIG_TEMPLATE.format(storage=storage, addr=addr, remote_url=remote_url, credentials=creds)
+    driver = storage_driver or f"  filesystem:\n    rootdirectory: {storage}\n"
+    return PROXY_CONFIG_TEMPLATE.format(storage=driver, addr=addr, remote_url=remote_url, credentials=creds)
 
 
 class Mirror:
     """One mirror process on a free loopback port with its own storage; a context manager."""
 
-    def __init__(self, name: str, argv_for_config, upstream_url: str, credentials=None, env=None):
+    def __init__(self, name: str, argv_for_config, upstream_url: str, credentials=None, env=None,
+                 storage_driver: str | None = None):
         self.name = name
         self.workdir = tempfile.mkdtemp(prefix=f"cistern-e2e-{name}-", dir="/tmp")
         self.storage = os.path.join(self.workdir, "storage")
@@ -67,14 +69,16 @@ class Mirror:
         self.upstream_url = upstream_url
         self.credentials = credentials
         self.env = env
+        self.storage_driver = storage_driver
         self.proc = None
         self.port = None
 
     @classmethod
-    def cistern(cls, binary: str, upstream_url: str, credentials=None) -> "Mirror":
+    def cistern(cls, binary: str, upstream_url: str, credentials=None, storage_driver=None) -> "Mirror":
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env.setdefault("RUST_BACKTRACE", "1")
-        return cls("cistern", lambda config: [binary, "--config", config], upstream_url, credentials, env)
+        return cls("cistern", lambda config: [binary, "--config", config], upstream_url, credentials, env,
+                   storage_driver)
 
     @classmethod
     def distribution(cls, upstream_url: str, credentials=None) -> "Mirror":
@@ -103,7 +107,8 @@ class Mirror:
         for _attempt in range(5):  # another process may take the free port before we bind it
             self.port = free_port()
             with open(self.config_path, "w") as f:
-                f.write(proxy_config(self.storage, self.host, self.upstream_url, self.credentials))
+                f.write(proxy_config(self.storage, self.host, self.upstream_url, self.credentials,
+                                     self.storage_driver))
             self.proc = spawn(self._argv_for_config(self.config_path), self.log, env=self.env, detach=False)
             try:
                 wait_until(lambda: http_request(f"{self.url}/v2/", timeout=2)[0] == 200, 30,

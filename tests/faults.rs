@@ -85,8 +85,12 @@ async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     )
 }
 
-/// The body's bytes, or the error that ended it.
+/// The body's bytes, or the error that ended it (or the error status that answered instead:
+/// a fill that failed before the answer started gives one).
 async fn body_of(response: reqwest::Response) -> Result<Vec<u8>, String> {
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
     let mut body = response.bytes_stream();
     let mut bytes = Vec::new();
     while let Some(chunk) = body.next().await {

@@ -115,8 +115,9 @@ async fn a_corrupted_upstream_blob_leaves_no_object_behind() {
     let a = MirrorSetup::new(&up.url).storage(storage).start().await;
     let path = format!("/v2/org/app/blobs/{digest}");
 
-    let mut body = a.get(&path).await.bytes_stream();
-    let mut failed = false;
+    let response = a.get(&path).await;
+    let mut failed = !response.status().is_success();
+    let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         failed |= chunk.is_err();
     }

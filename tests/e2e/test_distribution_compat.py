@@ -12,7 +12,7 @@ import pytest
 from build_images import ACCEPT_ALL
 from mirror import Mirror
 from skopeo import copy_through_mirror, tree_sha256, write_registries_conf
-from standin import PASSWORD, http_request
+from standin import PASSWORD, http_request, wait_until
 
 IMAGES = ["library/alpine:latest", "library/multi:v2s2", "private/secret:1.0"]
 COMPARED_HEADERS = ["Content-Type", "Docker-Content-Digest", "Content-Length"]
@@ -56,9 +56,29 @@ def test_cistern_starts_from_the_distribution_config_with_warnings_only(cistern,
     assert PASSWORD not in log
 
 
+def distribution_settled_answer(distribution: Mirror, method: str, path: str, headers: dict):
+    """Distribution's answer once it stops failing on its own race.
+
+    Distribution 2.8's proxy stores a blob in the background while serving it; a request that
+    arrives while the link file is half written gets `500 invalid checksum digest format`. That is
+    Distribution's bug, not the answer cistern is compared with, so ask again until it settles and
+    count how often it happened (it shows in the test output).
+    """
+    answers = []
+
+    def settled():
+        answers.append(answer(distribution, method, path, headers))
+        return answers[-1][0] < 500
+
+    wait_until(settled, timeout=10, what=f"Distribution to answer {method} {path} without a 5xx")
+    if len(answers) > 1:
+        print(f"Distribution failed {len(answers) - 1}x on {method} {path} before answering {answers[-1][0]}")
+    return answers[-1]
+
+
 def test_both_servers_answer_pull_requests_alike(cistern, distribution, hub):
     for method, path, headers in requests_to_compare(hub):
-        expected = answer(distribution, method, path, headers)
+        expected = distribution_settled_answer(distribution, method, path, headers)
         assert expected[0] == 200, (method, path, expected)
         assert None not in expected[1].values(), (method, path, expected[1])
         assert answer(cistern, method, path, headers) == expected, (method, path)

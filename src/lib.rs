@@ -3,19 +3,24 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod health;
 pub mod registry;
+pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::health::Health;
+use crate::server::Listeners;
 use crate::storage::Storage;
+use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 
 /// Why the server could not start.
@@ -25,6 +30,18 @@ pub enum StartError {
     Storage(#[from] storage::StorageError),
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot load TLS certificate {certificate} and key {key} (http.tls): {source}")]
+    Tls {
+        certificate: String,
+        key: String,
+        source: std::io::Error,
+    },
     #[error("cannot serve on {addr}: {source}")]
     Serve {
         addr: String,
@@ -32,42 +49,85 @@ pub enum StartError {
     },
 }
 
-/// The whole application for `config`: storage, upstream client, router, and the background
-/// expiry sweep (so it must be called within a Tokio runtime).
-pub async fn app(config: &Config) -> Result<Router, StartError> {
+/// The routers for `config`: the registry API and the debug listener's.
+pub struct App {
+    pub api: Router,
+    pub debug: Router,
+    pub health: Health,
+}
+
+/// The whole application for `config`: storage, upstream client, routers, and the background
+/// expiry sweep and storage health check (so it must be called within a Tokio runtime).
+pub async fn app(config: &Config) -> Result<App, StartError> {
+    let metrics = Metrics::new();
     let storage = Storage::open(&config.storage).await?;
-    let upstream = Upstream::new(&config.proxy)?;
-    let cache = Cache::new(storage.clone(), upstream, &config.proxy);
-    cache::spawn_expiry(storage, config.proxy.content_ttl);
+    let upstream = Upstream::new(&config.proxy, metrics.clone())?;
+    let cache = Cache::new(storage.clone(), upstream, &config.proxy, metrics.clone());
+    cache::spawn_expiry(storage.clone(), config.proxy.content_ttl);
+    let health = Health::spawn(
+        storage,
+        config.storage.describe(),
+        config.health.storage.clone(),
+        metrics,
+    );
+    let ops = api::OpsState {
+        cache: cache.clone(),
+        health: health.clone(),
+    };
+    let metrics_path = config
+        .http
+        .debug
+        .as_ref()
+        .and_then(|d| d.metrics_path.as_deref());
+    let debug = api::debug_router(ops.clone(), metrics_path);
     let state = api::AppState {
         cache,
         extra_headers: Arc::new(config.http.headers.clone()),
     };
-    Ok(api::router(state))
+    Ok(App {
+        api: api::router(state, ops),
+        debug,
+        health,
+    })
 }
 
-/// Serves `config` on `listener` until `shutdown` completes. Tests call this with a listener
-/// on 127.0.0.1:0, so the whole server runs in-process.
+/// Serves `config` on `listeners` until `shutdown` completes, then drains for at most
+/// `http.draintimeout`. Tests call this with listeners on 127.0.0.1:0, so the whole server runs
+/// in-process.
 pub async fn serve(
     config: &Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let router = app(config).await?;
-    let addr = listener
+    let listeners = listeners.into();
+    let tls = match &config.http.tls {
+        Some(tls) => Some(server::load_tls(tls).await?),
+        None => None,
+    };
+    let app = app(config).await?;
+    let addr = listeners
+        .api
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(
         addr = %addr,
+        tls = tls.is_some(),
         upstream = %config.proxy.remote_url,
         storage = %config.storage.describe(),
         tag_ttl = ?config.proxy.tag_ttl,
         credentials = config.proxy.credentials.is_some(),
         "cistern serving"
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| StartError::Serve { addr, source })
+    let health = app.health.clone();
+    server::run(
+        listeners,
+        app.api,
+        app.debug,
+        tls,
+        config.http.drain_timeout,
+        shutdown,
+        move || health.shutting_down(),
+    )
+    .await
 }

@@ -1,12 +1,9 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
-
 use cistern::config::Config;
+use cistern::server::Listeners;
+use clap::Parser;
 
 /// cistern: a pull-through caching mirror for Docker Hub.
 ///
@@ -33,25 +30,18 @@ async fn main() -> ExitCode {
         }
     };
     let config = loaded.config;
-    // RUST_LOG wins over log.level, for debugging one module.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("cistern={}", config.log.level)));
-    // Colours only on a terminal: log files and journald get plain text.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    cistern::telemetry::init_logging(&config.log);
     for warning in loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let listener = match TcpListener::bind(&config.http.addr).await {
-        Ok(listener) => listener,
+    let listeners = match Listeners::bind(&config.http).await {
+        Ok(listeners) => listeners,
         Err(e) => {
-            tracing::error!(addr = %config.http.addr, error = %e, "cannot listen (http.addr)");
+            tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    match cistern::serve(&config, listener, shutdown_signal()).await {
+    match cistern::serve(&config, listeners, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -74,5 +64,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-    tracing::info!("shutting down");
 }

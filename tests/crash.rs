@@ -75,7 +75,7 @@ async fn sigkill_mid_fill_leaves_nothing_served_and_the_restart_cleans_up() {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  username: {USER}\n  password: {PASSWORD}\n",
+            "version: 0.1\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\n  username: {USER}\n  password: {PASSWORD}\n",
             storage.display(),
             proxy.url
         ),

@@ -28,6 +28,7 @@ async fn distribution_proxy_config_runs_unchanged() {
     let image = add_image(&up, "private/secret", Some("1.0"), OCI_MANIFEST, "secret");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let debug_port = free_port();
     // Distribution's documented proxy example, with our local upstream and a temp root.
     let config = write_config(
         dir.path(),
@@ -45,6 +46,8 @@ http:
   addr: 127.0.0.1:{port}
   headers:
     X-Content-Type-Options: [nosniff]
+  debug:
+    addr: 127.0.0.1:{debug_port}
 health:
   storagedriver:
     enabled: true
@@ -107,7 +110,7 @@ proxy:
         .read_to_string(&mut output)
         .unwrap();
     child.wait().unwrap();
-    for key in ["log.fields", "storage.cache", "health"] {
+    for key in ["log.fields", "storage.cache"] {
         assert_eq!(
             output.matches(&format!("`{key}`")).count(),
             1,

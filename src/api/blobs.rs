@@ -9,11 +9,13 @@ use crate::registry::{Digest, RepoName};
 
 /// `HEAD /v2/<name>/blobs/<digest>`: the size from storage or an upstream HEAD.
 pub async fn head(cache: &Cache, repo: &RepoName, digest: &Digest) -> Result<Response, ApiError> {
-    let size = cache.blob_size(repo, digest).await?;
-    Ok(blob_headers(digest, StatusCode::OK)
+    let (size, outcome) = cache.blob_size(repo, digest).await?;
+    let mut response = blob_headers(digest, StatusCode::OK)
         .header(header::CONTENT_LENGTH, size)
         .body(Body::empty())
-        .expect("blob response headers are valid"))
+        .expect("blob response headers are valid");
+    response.extensions_mut().insert(outcome);
+    Ok(response)
 }
 
 /// `GET /v2/<name>/blobs/<digest>`, with a single `Range` honoured on cached blobs.
@@ -38,9 +40,11 @@ pub async fn get(
     if let (None, Some(total)) = (&blob.partial, blob.total_size) {
         response = response.header(header::CONTENT_LENGTH, total);
     }
-    Ok(response
+    let mut response = response
         .body(Body::from_stream(blob.body))
-        .expect("blob response headers are valid"))
+        .expect("blob response headers are valid");
+    response.extensions_mut().insert(blob.outcome);
+    Ok(response)
 }
 
 fn blob_headers(digest: &Digest, status: StatusCode) -> http::response::Builder {

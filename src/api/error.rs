@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::cache::CacheError;
 use crate::registry::{DigestError, NameError, TagError};
 use crate::storage::StorageError;
+use crate::telemetry::StorageFailed;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     headers: Vec<(header::HeaderName, String)>,
+    /// Storage failed (counted in the metrics as a storage error).
+    storage_failed: bool,
 }
 
 /// The message of a failed request, for the request log.
@@ -31,6 +34,7 @@ impl ApiError {
             code,
             message: message.into(),
             headers: Vec::new(),
+            storage_failed: false,
         }
     }
 
@@ -164,7 +168,10 @@ impl From<StorageError> for ApiError {
 
 impl From<&StorageError> for ApiError {
     fn from(e: &StorageError) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string())
+        ApiError {
+            storage_failed: true,
+            ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string())
+        }
     }
 }
 
@@ -180,6 +187,9 @@ impl IntoResponse for ApiError {
             }
         }
         response.extensions_mut().insert(ErrorMessage(self.message));
+        if self.storage_failed {
+            response.extensions_mut().insert(StorageFailed);
+        }
         response
     }
 }

@@ -32,7 +32,9 @@ pub async fn get(
         Some(bytes) if !head => Body::from(bytes),
         _ => Body::empty(),
     };
-    Ok(response
+    let mut response = response
         .body(body)
-        .expect("manifest response headers are valid"))
+        .expect("manifest response headers are valid");
+    response.extensions_mut().insert(manifest.outcome);
+    Ok(response)
 }

@@ -6,11 +6,11 @@ mod endpoint;
 mod error;
 mod headers;
 mod manifests;
+mod ops;
 mod pagination;
 mod tags;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
@@ -20,9 +20,10 @@ use axum::Router;
 use http::{HeaderName, HeaderValue};
 
 use crate::cache::Cache;
+use crate::telemetry::{log_requests, EndpointLabel};
 pub use endpoint::Endpoint;
-pub use error::ApiError;
-use error::ErrorMessage;
+pub use error::{ApiError, ErrorMessage};
+pub use ops::{debug_router, OpsState};
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -32,7 +33,9 @@ pub struct AppState {
     pub extra_headers: Arc<Vec<(HeaderName, HeaderValue)>>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The registry API, with health endpoints beside it.
+pub fn router(state: AppState, ops: OpsState) -> Router {
+    let metrics = state.cache.metrics().clone();
     Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
@@ -42,8 +45,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             add_response_headers,
         ))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(metrics, log_requests))
         .with_state(state)
+        // Probes every few seconds would drown the request log, so health is not logged.
+        .merge(ops::health_routes(ops))
 }
 
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
@@ -52,9 +57,17 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         Ok(endpoint) => endpoint,
         Err(e) => return e.into_response(),
     };
+    let mut response = answer(&state, &endpoint, &parts).await;
+    response
+        .extensions_mut()
+        .insert(EndpointLabel(endpoint.label()));
+    response
+}
+
+async fn answer(state: &AppState, endpoint: &Endpoint, parts: &http::request::Parts) -> Response {
     let query = parts.uri.query();
     let cache = &state.cache;
-    let result = match &endpoint {
+    let result = match endpoint {
         Endpoint::Base => Ok(axum::Json(serde_json::json!({})).into_response()),
         Endpoint::Catalog => catalog::list(cache, query).await,
         Endpoint::Tags { repo } => tags::list(cache, repo, query).await,
@@ -88,31 +101,6 @@ async fn add_response_headers(
     );
     for (name, value) in state.extra_headers.iter() {
         headers.append(name.clone(), value.clone());
-    }
-    response
-}
-
-/// One log line per request; a failed request's line carries its error message.
-async fn log_request(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    // The query is kept: it shows containerd's `?ns=` and the paging parameters, never a secret.
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |path_and_query| path_and_query.as_str())
-        .to_owned();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match response.extensions().get::<ErrorMessage>() {
-        Some(ErrorMessage(error)) if status >= 500 => {
-            tracing::error!(%method, %path, status, elapsed_ms, %error, "request failed")
-        }
-        Some(ErrorMessage(error)) => {
-            tracing::info!(%method, %path, status, elapsed_ms, %error, "request refused")
-        }
-        None => tracing::info!(%method, %path, status, elapsed_ms, "request"),
     }
     response
 }

@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 
 use super::fill::Fill;
 use super::records::BlobLink;
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Outcome};
 use crate::registry::{Digest, RepoName};
 use crate::storage::layout;
 
@@ -40,30 +40,36 @@ pub struct BlobAnswer {
     /// Set when the body is only this part of the blob (206).
     pub partial: Option<Range<u64>>,
     pub body: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    pub outcome: Outcome,
 }
 
 /// Where a blob's bytes come from.
 enum Source {
     /// Stored, and this repository may serve it; its size.
     Stored(u64),
-    /// Being fetched right now.
-    Filling(Arc<Fill>),
+    /// Being fetched right now: by this request (`Miss`) or another one (`Joined`).
+    Filling(Arc<Fill>, Outcome),
 }
 
 impl Cache {
     /// The blob's size, for HEAD: from storage, from a fill in progress, or from an upstream
     /// HEAD (never a download).
-    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, CacheError> {
+    pub async fn blob_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(u64, Outcome), CacheError> {
         let result = async {
             if let Some(fill) = self.inflight().get(digest) {
                 if let Some(size) = self.join(fill, repo).await?.size().await? {
-                    return Ok(size);
+                    return Ok((size, Outcome::Joined));
                 }
             }
             if let Some(size) = self.linked_blob_size(repo, digest).await? {
-                return Ok(size);
+                return Ok((size, Outcome::Hit));
             }
-            Ok(self.upstream().head_blob(repo, digest).await?)
+            let size = self.upstream().head_blob(repo, digest).await?;
+            Ok((size, Outcome::Miss))
         };
         result.await.map_err(|e| blob_unknown(e, repo, digest))
     }
@@ -85,15 +91,16 @@ impl Cache {
                             total_size: Some(read.total_size),
                             partial: part,
                             body: read.body,
+                            outcome: Outcome::Hit,
                         }),
                         // Expired between the size check and the read: fetch it again.
                         None => {
-                            self.answer_from_fill(self.start_fill(repo, digest).await?, range)
-                                .await
+                            let (fill, outcome) = self.start_fill(repo, digest).await?;
+                            self.answer_from_fill(fill, range, outcome).await
                         }
                     }
                 }
-                Source::Filling(fill) => self.answer_from_fill(fill, range).await,
+                Source::Filling(fill, outcome) => self.answer_from_fill(fill, range, outcome).await,
             }
         };
         result.await.map_err(|e| blob_unknown(e, repo, digest))
@@ -102,16 +109,24 @@ impl Cache {
     /// The stored blob, a fill to join, or a new fill.
     async fn locate(&self, repo: &RepoName, digest: &Digest) -> Result<Source, CacheError> {
         if let Some(fill) = self.inflight().get(digest) {
-            return Ok(Source::Filling(self.join(fill, repo).await?));
+            return Ok(Source::Filling(
+                self.join(fill, repo).await?,
+                Outcome::Joined,
+            ));
         }
         if let Some(size) = self.linked_blob_size(repo, digest).await? {
             return Ok(Source::Stored(size));
         }
-        Ok(Source::Filling(self.start_fill(repo, digest).await?))
+        let (fill, outcome) = self.start_fill(repo, digest).await?;
+        Ok(Source::Filling(fill, outcome))
     }
 
     /// Starts a fill, unless one started or finished since we looked.
-    async fn start_fill(&self, repo: &RepoName, digest: &Digest) -> Result<Arc<Fill>, CacheError> {
+    async fn start_fill(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(Arc<Fill>, Outcome), CacheError> {
         let in_flight = {
             let _turn = self.inflight().starting().await;
             match self.inflight().get(digest) {
@@ -119,11 +134,11 @@ impl Cache {
                 None => {
                     let fill = Fill::start(self, repo, digest)?;
                     self.inflight().insert(fill.clone());
-                    return Ok(fill);
+                    return Ok((fill, Outcome::Miss));
                 }
             }
         };
-        self.join(in_flight, repo).await
+        Ok((self.join(in_flight, repo).await?, Outcome::Joined))
     }
 
     /// A fill started for another repository is joined only once upstream confirms this
@@ -139,6 +154,7 @@ impl Cache {
         &self,
         fill: Arc<Fill>,
         range: Option<ByteRange>,
+        outcome: Outcome,
     ) -> Result<BlobAnswer, CacheError> {
         let total_size = fill.size().await?;
         let part = resolve(range, total_size)?;
@@ -146,6 +162,7 @@ impl Cache {
             total_size,
             body: fill.stream(part.clone()),
             partial: part,
+            outcome,
         })
     }
 

@@ -147,11 +147,13 @@ enum Interrupted {
 impl FillTask {
     async fn run(mut self) {
         let _turn = self.cache.upstream().fetch_permit().await;
+        let _in_flight = self.cache.metrics().fill_started();
         let key = layout::content(&self.digest);
         self.upload = match self.cache.storage().begin_blob_upload(&key).await {
             Ok(upload) => upload,
             Err(e) => {
                 // Clients still get the verified blob from the spool; it is just not kept.
+                self.cache.metrics().storage_error("fill");
                 tracing::error!(error = %e, "cannot start storing the blob; serving it uncached");
                 None
             }
@@ -325,6 +327,7 @@ impl FillTask {
         let len = batch.len() as u64;
         if let Some(upload) = self.upload.as_mut() {
             if let Err(e) = upload.write(&batch).await {
+                self.cache.metrics().storage_error("fill");
                 tracing::error!(error = %e, "cannot store the blob; serving it uncached");
                 self.upload.take().expect("upload present").abort().await;
             }
@@ -335,6 +338,7 @@ impl FillTask {
                 source,
             }))
         })?;
+        self.cache.metrics().upstream_bytes(len);
         *received += len;
         let written = *received;
         self.progress.send_modify(|p| p.written = written);
@@ -364,7 +368,10 @@ impl FillTask {
             Ok(()) => {
                 tracing::info!(repository = %self.repo, digest = %self.digest, size, "cached blob")
             }
-            Err(e) => tracing::error!(error = %e, "verified blob could not be cached"),
+            Err(e) => {
+                self.cache.metrics().storage_error("fill");
+                tracing::error!(error = %e, "verified blob could not be cached")
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::records::{now_ms, ManifestLink, TagRecord};
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Outcome};
 use crate::registry::{accepts, upstream_accept, Digest, Reference, RepoName, Tag};
 use crate::storage::layout;
 use crate::upstream::ManifestHead;
@@ -15,6 +15,13 @@ pub struct ManifestAnswer {
     pub media_type: String,
     pub size: u64,
     pub body: Option<Bytes>,
+    pub outcome: Outcome,
+}
+
+impl ManifestAnswer {
+    fn with_outcome(self, outcome: Outcome) -> Self {
+        ManifestAnswer { outcome, ..self }
+    }
 }
 
 impl Cache {
@@ -119,7 +126,7 @@ impl Cache {
             self.link_manifest(repo, digest, &head.media_type, head.size)
                 .await?;
             if let Some(answer) = self.cached_manifest(repo, digest, want_body).await? {
-                return Ok(answer);
+                return Ok(answer.with_outcome(Outcome::Revalidated));
             }
         }
         if !want_body {
@@ -167,7 +174,7 @@ impl Cache {
                     repository = %repo, tag = %tag, digest = %digest, error = %e,
                     "upstream failed to revalidate the tag; serving the cached manifest"
                 );
-                Ok(answer)
+                Ok(answer.with_outcome(Outcome::Stale))
             }
             Err(e) => Err(e),
         }
@@ -228,7 +235,7 @@ impl Cache {
             return self.fetch_manifest(repo, &reference, client_accept).await;
         }
         if let Some(answer) = self.cached_manifest(repo, &head.digest, want_body).await? {
-            return Ok(answer);
+            return Ok(answer.with_outcome(Outcome::Revalidated));
         }
         if !want_body {
             return Ok(head_answer(head));
@@ -295,6 +302,7 @@ impl Cache {
             None => Digest::sha256_of(&fetched.bytes),
         };
         let size = fetched.bytes.len() as u64;
+        self.metrics().upstream_bytes(size);
         let content = layout::content(&digest);
         if self.storage().size_of(&content).await? != Some(size) {
             self.storage()
@@ -308,6 +316,7 @@ impl Cache {
             media_type: fetched.media_type,
             size,
             body: Some(fetched.bytes),
+            outcome: Outcome::Miss,
         })
     }
 
@@ -357,6 +366,7 @@ impl Cache {
             media_type: link.media_type,
             size,
             body,
+            outcome: Outcome::Hit,
         }))
     }
 }
@@ -367,6 +377,7 @@ fn head_answer(head: ManifestHead) -> ManifestAnswer {
         media_type: head.media_type,
         size: head.size,
         body: None,
+        outcome: Outcome::Miss,
     }
 }
 

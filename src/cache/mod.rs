@@ -8,6 +8,7 @@ mod inflight;
 mod keyed_lock;
 mod manifests;
 mod not_found;
+mod outcome;
 mod records;
 mod tags;
 mod tail;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::config::ProxyConfig;
 use crate::registry::{Digest, RepoName};
 use crate::storage::{Storage, StorageError};
+use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
 use inflight::InFlight;
 use keyed_lock::KeyedLock;
@@ -26,6 +28,7 @@ use not_found::{ManifestKey, NotFound};
 pub use blobs::{BlobAnswer, ByteRange};
 pub use expiry::spawn_expiry;
 pub use manifests::ManifestAnswer;
+pub use outcome::Outcome;
 pub use tags::{paginate, TagListPage};
 
 /// Why the cache could not answer. The API layer turns each into an OCI error.
@@ -79,10 +82,16 @@ struct Inner {
     inflight: InFlight,
     manifest_turns: KeyedLock<ManifestKey>,
     not_found: NotFound,
+    metrics: Metrics,
 }
 
 impl Cache {
-    pub fn new(storage: Storage, upstream: Upstream, proxy: &ProxyConfig) -> Self {
+    pub fn new(
+        storage: Storage,
+        upstream: Upstream,
+        proxy: &ProxyConfig,
+        metrics: Metrics,
+    ) -> Self {
         Cache {
             inner: Arc::new(Inner {
                 storage,
@@ -91,6 +100,7 @@ impl Cache {
                 inflight: InFlight::default(),
                 manifest_turns: KeyedLock::default(),
                 not_found: NotFound::new(proxy.not_found_ttl),
+                metrics,
             }),
         }
     }
@@ -101,6 +111,20 @@ impl Cache {
 
     fn upstream(&self) -> &Upstream {
         &self.inner.upstream
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Docker Hub's pull quota as last reported: (limit, remaining).
+    pub fn upstream_quota(&self) -> Option<(u64, u64)> {
+        self.upstream().rate_limit().latest()
+    }
+
+    /// The storage behind the cache, for health checks.
+    pub fn storage_handle(&self) -> &Storage {
+        &self.inner.storage
     }
 
     fn inflight(&self) -> &InFlight {

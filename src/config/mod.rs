@@ -6,13 +6,17 @@ mod storage;
 use storage::RawStorage;
 pub use storage::{AzureConfig, GcsConfig, S3Config, StorageConfig};
 mod duration;
+mod health;
+mod http;
 mod schema;
+use health::RawHealth;
+pub use health::{HealthConfig, StorageCheck};
+use http::RawHttp;
+pub use http::{DebugConfig, HttpConfig, TlsConfig};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -38,14 +42,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub proxy: ProxyConfig,
     pub log: LogConfig,
-}
-
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// `host:port` to listen on; Distribution's `:5000` means all interfaces.
-    pub addr: String,
-    /// Extra headers on every response (`http.headers`).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +70,15 @@ pub struct Credentials {
 pub struct LogConfig {
     /// A `tracing` filter directive, from `log.level`.
     pub level: String,
+    /// `log.formatter`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line (Distribution's `json`; its `logstash` is read as this too).
+    Json,
 }
 
 /// Why a configuration could not be loaded. Every variant names the file or the key.
@@ -171,13 +177,7 @@ struct RawConfig {
     storage: RawStorage,
     proxy: RawProxy,
     log: RawLog,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawHttp {
-    addr: Option<String>,
-    headers: BTreeMap<String, Vec<String>>,
+    health: RawHealth,
 }
 
 #[derive(Deserialize, Default)]
@@ -200,6 +200,7 @@ struct RawProxy {
 #[serde(default)]
 struct RawLog {
     level: Option<String>,
+    formatter: Option<String>,
 }
 
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -216,37 +217,9 @@ impl RawConfig {
             storage: self.storage.validate()?,
             proxy: self.proxy.validate()?,
             log: self.log.validate()?,
+            health: self.health.validate()?,
         })
     }
-}
-
-impl RawHttp {
-    fn validate(self) -> Result<HttpConfig, ConfigError> {
-        let addr = listen_address(self.addr.as_deref().unwrap_or(":5000"))?;
-        let mut headers = Vec::new();
-        for (name, values) in self.headers {
-            let key = format!("http.headers.{name}");
-            let header_name =
-                HeaderName::try_from(name.as_str()).map_err(|e| bad(&key, e.to_string()))?;
-            for value in values {
-                let header_value =
-                    HeaderValue::try_from(value).map_err(|e| bad(&key, e.to_string()))?;
-                headers.push((header_name.clone(), header_value));
-            }
-        }
-        Ok(HttpConfig { addr, headers })
-    }
-}
-
-/// Turns Distribution's `:5000` (all interfaces) into an address a socket can bind.
-fn listen_address(addr: &str) -> Result<String, ConfigError> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| bad("http.addr", format!("{addr:?} has no port (e.g. :5000)")))?;
-    port.parse::<u16>()
-        .map_err(|_| bad("http.addr", format!("{addr:?} has no valid port")))?;
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    Ok(format!("{host}:{port}"))
 }
 
 impl RawProxy {
@@ -304,13 +277,26 @@ impl RawProxy {
 impl RawLog {
     fn validate(self) -> Result<LogConfig, ConfigError> {
         let level = self.level.unwrap_or_else(|| "info".to_owned());
-        match level.as_str() {
-            "error" | "warn" | "info" | "debug" | "trace" => Ok(LogConfig { level }),
-            other => Err(bad(
+        if !matches!(
+            level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(bad(
                 "log.level",
-                format!("{other:?} is not one of error, warn, info, debug, trace"),
-            )),
+                format!("{level:?} is not one of error, warn, info, debug, trace"),
+            ));
         }
+        let format = match self.formatter.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" | "logstash" => LogFormat::Json,
+            other => {
+                return Err(bad(
+                    "log.formatter",
+                    format!("{other:?} is not one of text, json, logstash"),
+                ))
+            }
+        };
+        Ok(LogConfig { level, format })
     }
 }
 
@@ -354,7 +340,57 @@ proxy:
         assert_eq!(creds.username, "someuser");
         assert_eq!(creds.password.expose_secret(), "some-access-token");
         assert_eq!(c.proxy.tag_ttl, DEFAULT_TAG_TTL);
-        assert_eq!(loaded.warnings.len(), 3, "{:?}", loaded.warnings);
+        let check = c.health.storage.unwrap();
+        assert_eq!(
+            (check.interval, check.threshold),
+            (Duration::from_secs(10), 3)
+        );
+        // log.fields and storage.cache are Distribution's but not cistern's.
+        assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn production_keys_have_safe_defaults_and_name_bad_values() {
+        let c = Config::from_yaml("", no_env()).unwrap().config;
+        let debug = c.http.debug.unwrap();
+        assert_eq!(debug.addr, "127.0.0.1:5001");
+        assert_eq!(debug.metrics_path.as_deref(), Some("/metrics"));
+        assert!(c.http.tls.is_none());
+        assert_eq!(c.http.drain_timeout, Duration::from_secs(25));
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert!(c.health.storage.is_some());
+
+        let yaml = "log: {formatter: json}\nhttp: {debug: {addr: ':9001', prometheus: {enabled: false}}, draintimeout: 3s, tls: {certificate: /c.pem, key: /k.pem}}\nhealth: {storagedriver: {enabled: false}}\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap().config;
+        assert_eq!(c.log.format, LogFormat::Json);
+        let debug = c.http.debug.unwrap();
+        assert_eq!(
+            (debug.addr.as_str(), debug.metrics_path),
+            ("0.0.0.0:9001", None)
+        );
+        assert_eq!(c.http.drain_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.tls.unwrap().key, PathBuf::from("/k.pem"));
+        assert!(c.health.storage.is_none());
+        let off = Config::from_yaml("http: {debug: {addr: ''}}", no_env()).unwrap();
+        assert!(off.config.http.debug.is_none());
+
+        for (yaml, key) in [
+            ("log: {formatter: xml}", "log.formatter"),
+            ("http: {tls: {certificate: /c.pem}}", "http.tls.key"),
+            ("http: {debug: {addr: nowhere}}", "http.debug.addr"),
+            (
+                "http: {debug: {prometheus: {path: metrics}}}",
+                "http.debug.prometheus.path",
+            ),
+            ("http: {draintimeout: 5}", "http.draintimeout"),
+            (
+                "health: {storagedriver: {interval: 0}}",
+                "health.storagedriver.interval",
+            ),
+        ] {
+            let error = Config::from_yaml(yaml, no_env()).unwrap_err().to_string();
+            assert!(error.contains(key), "{yaml}: {error}");
+        }
     }
 
     #[test]

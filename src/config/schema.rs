@@ -25,7 +25,7 @@ pub const ROOT: Key = Section(&[
         "log",
         Section(&[
             ("level", Used),
-            ("formatter", Ignored),
+            ("formatter", Used),
             ("fields", Ignored),
             ("accesslog", Ignored),
             ("hooks", Ignored),
@@ -113,16 +113,44 @@ pub const ROOT: Key = Section(&[
             ("host", Ignored),
             ("secret", Ignored),
             ("relativeurls", Ignored),
-            ("draintimeout", Ignored),
-            ("tls", Ignored),
-            ("debug", Ignored),
+            ("draintimeout", Used),
+            (
+                "tls",
+                Section(&[
+                    ("certificate", Used),
+                    ("key", Used),
+                    ("clientcas", Ignored),
+                    ("clientauth", Ignored),
+                    ("minimumtls", Ignored),
+                    ("ciphersuites", Ignored),
+                    ("letsencrypt", Ignored),
+                ]),
+            ),
+            (
+                "debug",
+                Section(&[
+                    ("addr", Used),
+                    ("prometheus", Section(&[("enabled", Used), ("path", Used)])),
+                ]),
+            ),
             ("http2", Ignored),
             ("h2c", Ignored),
         ]),
     ),
     ("notifications", Ignored),
     ("redis", Ignored),
-    ("health", Ignored),
+    (
+        "health",
+        Section(&[
+            (
+                "storagedriver",
+                Section(&[("enabled", Used), ("interval", Used), ("threshold", Used)]),
+            ),
+            ("file", Ignored),
+            ("http", Ignored),
+            ("tcp", Ignored),
+        ]),
+    ),
     (
         "proxy",
         Section(&[
@@ -319,7 +347,7 @@ mod tests {
         );
         let mut ignored = check(&doc).unwrap();
         ignored.sort();
-        assert_eq!(ignored, ["health", "log.fields", "storage.cache"]);
+        assert_eq!(ignored, ["log.fields", "storage.cache"]);
     }
 
     #[test]

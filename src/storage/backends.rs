@@ -85,23 +85,23 @@ impl Storage {
                 })?,
             ),
         };
-        storage.check_reachable(&name).await?;
+        storage
+            .check_writable()
+            .await
+            .map_err(|source| StorageError::Unreachable {
+                store: name,
+                source,
+            })?;
         Ok(storage)
     }
 
-    async fn check_reachable(&self, name: &str) -> Result<(), StorageError> {
+    /// Writes the probe object: the store exists and takes writes with these credentials.
+    pub async fn check_writable(&self) -> Result<(), object_store::Error> {
         let probe = PutPayload::from_static(b"cistern checks it can write here\n");
-        match self
-            .store
+        self.store
             .put(&Path::from(layout::INTERNAL).child(PROBE_KEY), probe)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(source) => Err(StorageError::Unreachable {
-                store: name.to_owned(),
-                source,
-            }),
-        }
+            .map(|_| ())
     }
 }
 

@@ -6,8 +6,7 @@
 //! repositories/<name>/_manifests/<alg>/<hex>     link: this repository holds this manifest (+ media type)
 //! repositories/<name>/_tags/<tag>                tag record: digest, media type, when it was checked
 //! _spool/<hex>.<n>                               a blob being fetched (filesystem only; never served)
-//! _cistern/probe                                 written at start to check the store takes writes
-//! _cistern/probe                                 written at start to check the store takes writes
+//! _cistern/probe                                 written at start and by the readiness check, to prove the store takes writes
 //! ```
 //! Content is stored once; links say which repository may serve it (a blob fetched for a
 //! private repository must not be readable through a public name). Repository name components

@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::config::{Credentials, ProxyConfig};
 use crate::registry::{Digest, Reference, RepoName};
+use crate::telemetry::Metrics;
 pub use challenge::Challenge;
 pub use error::UpstreamError;
 pub use rate_limit::{Quota, RateLimit};
@@ -73,6 +74,7 @@ pub struct Upstream {
     /// Bounds the blobs fetched at once (`proxy.maxfetches`).
     fetches: Arc<Semaphore>,
     rate_limit: RateLimit,
+    metrics: Metrics,
 }
 
 /// How a blob GET that asked for `Range: bytes=N-` was answered.
@@ -84,7 +86,7 @@ pub enum Resumed {
 }
 
 impl Upstream {
-    pub fn new(config: &ProxyConfig) -> Result<Self, UpstreamError> {
+    pub fn new(config: &ProxyConfig, metrics: Metrics) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -97,9 +99,10 @@ impl Upstream {
             base: config.remote_url.clone(),
             credentials: config.credentials.clone(),
             challenge: RwLock::new(Probe::NotYet),
-            tokens: TokenCache::default(),
+            tokens: TokenCache::new(metrics.clone()),
             fetches: Arc::new(Semaphore::new(config.max_fetches)),
             rate_limit: RateLimit::default(),
+            metrics,
         })
     }
 
@@ -357,13 +360,11 @@ impl Upstream {
             Probe::NotYet => {}
         }
         let url = format!("{}/v2/", self.base.as_str().trim_end_matches('/'));
-        let response = self
-            .http
-            .get(&url)
-            .timeout(METADATA_TIMEOUT)
-            .send()
-            .await
-            .ok()?;
+        let sent = self.http.get(&url).timeout(METADATA_TIMEOUT).send().await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        self.metrics
+            .upstream_request("version-check", &Method::GET, status);
+        let response = sent.ok()?;
         let learnt = match response.status() {
             StatusCode::UNAUTHORIZED => response
                 .headers()
@@ -444,10 +445,11 @@ impl Upstream {
             if metadata {
                 request = request.timeout(METADATA_TIMEOUT);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| UpstreamError::unreachable(current.as_str(), e))?;
+            let sent = request.send().await;
+            let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+            self.metrics
+                .upstream_request(request_kind(url), method, status);
+            let response = sent.map_err(|e| UpstreamError::unreachable(current.as_str(), e))?;
             if !response.status().is_redirection() {
                 return Ok(response);
             }
@@ -467,6 +469,20 @@ impl Upstream {
             url: url.to_owned(),
             reason: format!("more than {MAX_REDIRECTS} redirects"),
         })
+    }
+}
+
+/// What an upstream URL asks for, as the metrics label it.
+fn request_kind(url: &str) -> &'static str {
+    let path = url.split('?').next().unwrap_or(url);
+    if path.contains("/manifests/") {
+        "manifest"
+    } else if path.contains("/blobs/") {
+        "blob"
+    } else if path.ends_with("/tags/list") {
+        "tags"
+    } else {
+        "other"
     }
 }
 

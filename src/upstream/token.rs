@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{UpstreamError, METADATA_TIMEOUT};
 use crate::config::Credentials;
+use crate::telemetry::Metrics;
 
 /// The token spec says a token without `expires_in` lasts 60 seconds.
 const DEFAULT_LIFETIME: u64 = 60;
@@ -29,12 +30,19 @@ struct CachedToken {
 
 type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 
-#[derive(Default)]
 pub struct TokenCache {
     slots: Mutex<HashMap<String, Slot>>,
+    metrics: Metrics,
 }
 
 impl TokenCache {
+    pub fn new(metrics: Metrics) -> Self {
+        TokenCache {
+            slots: Mutex::default(),
+            metrics,
+        }
+    }
+
     fn slot(&self, key: &str) -> Slot {
         let mut slots = self.slots.lock().expect("token cache lock poisoned");
         slots.entry(key.to_owned()).or_default().clone()
@@ -58,7 +66,9 @@ impl TokenCache {
                 return Ok(token.token.clone());
             }
         }
-        let fresh = fetch(http, credentials, realm, service, scope).await?;
+        let fetched = fetch(http, credentials, realm, service, scope).await;
+        self.metrics.token_fetch(fetched.is_ok());
+        let fresh = fetched?;
         let token = fresh.token.clone();
         *cached = Some(fresh);
         Ok(token)

@@ -20,7 +20,7 @@ from standin import REGISTRY_BIN, free_port, http_request, spawn, terminate_pid,
 
 # Distribution's own example configuration (cmd/registry/config-example.yml) with a proxy
 # section added, as a registry:2 mirror user would write it. Keys cistern does not implement
-# (log.fields, storage.cache, health) are deliberately kept: they must only cause a warning.
+# (log.fields, storage.cache) are deliberately kept: they must only cause a warning.
 PROXY_CONFIG_TEMPLATE = """\
 version: 0.1
 log:
@@ -34,6 +34,8 @@ storage:
   addr: {addr}
   headers:
     X-Content-Type-Options: [nosniff]
+  debug:
+    addr: {debug_addr}
 health:
   storagedriver:
     enabled: true
@@ -44,15 +46,16 @@ proxy:
 {credentials}"""
 
 
-def proxy_config(storage: str, addr: str, remote_url: str, credentials: tuple[str, str] | None,
-                 storage_driver: str | None = None) -> str:
+def proxy_config(storage: str, addr: str, debug_addr: str, remote_url: str,
+                 credentials: tuple[str, str] | None, storage_driver: str | None = None) -> str:
     """The config file; `storage_driver` (indented YAML under `storage:`) replaces the directory."""
     creds = ""
     if credentials:
         user, password = credentials
         creds = f"  username: {user}\n  password: {password}\n"
     driver = storage_driver or f"  filesystem:\n    rootdirectory: {storage}\n"
-    return PROXY_CONFIG_TEMPLATE.format(storage=driver, addr=addr, remote_url=remote_url, credentials=creds)
+    return PROXY_CONFIG_TEMPLATE.format(storage=driver, addr=addr, debug_addr=debug_addr,
+                                        remote_url=remote_url, credentials=creds)
 
 
 class Mirror:
@@ -72,6 +75,7 @@ class Mirror:
         self.storage_driver = storage_driver
         self.proc = None
         self.port = None
+        self.debug_port = None
 
     @classmethod
     def cistern(cls, binary: str, upstream_url: str, credentials=None, storage_driver=None) -> "Mirror":
@@ -94,6 +98,11 @@ class Mirror:
     def url(self) -> str:
         return f"http://{self.host}"
 
+    @property
+    def debug_url(self) -> str:
+        """The debug listener: metrics and health."""
+        return f"http://127.0.0.1:{self.debug_port}"
+
     def __enter__(self):
         return self.start()
 
@@ -106,9 +115,10 @@ class Mirror:
         last_error = None
         for _attempt in range(5):  # another process may take the free port before we bind it
             self.port = free_port()
+            self.debug_port = free_port()
             with open(self.config_path, "w") as f:
-                f.write(proxy_config(self.storage, self.host, self.upstream_url, self.credentials,
-                                     self.storage_driver))
+                f.write(proxy_config(self.storage, self.host, f"127.0.0.1:{self.debug_port}",
+                                     self.upstream_url, self.credentials, self.storage_driver))
             self.proc = spawn(self._argv_for_config(self.config_path), self.log, env=self.env, detach=False)
             try:
                 wait_until(lambda: http_request(f"{self.url}/v2/", timeout=2)[0] == 200, 30,

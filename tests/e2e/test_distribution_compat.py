@@ -50,7 +50,7 @@ def test_cistern_starts_from_the_distribution_config_with_warnings_only(cistern,
         strip = lambda text: [l for l in text.splitlines() if "addr:" not in l and "rootdirectory:" not in l]  # noqa: E731
         assert strip(cistern_config.read()) == strip(distribution_config.read())
     log = cistern.log_text()
-    for key in ("log.fields", "storage.cache", "health"):
+    for key in ("log.fields", "storage.cache"):
         assert log.count(f"`{key}` is part of Distribution's schema but not implemented") == 1, (key, log)
     assert " ERROR " not in log
     assert PASSWORD not in log

@@ -1,0 +1,163 @@
+//! The listeners: the registry API (HTTP, or HTTPS from `http.tls`) and the debug listener
+//! (metrics and health), with the limits every connection gets and a graceful shutdown bounded
+//! by `http.draintimeout`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
+use axum_server::Handle;
+use hyper_util::rt::TokioTimer;
+use tokio::net::TcpListener;
+
+use crate::config::{HttpConfig, TlsConfig};
+use crate::StartError;
+
+/// A request's header block may be at most this large (hyper answers 431 beyond it). Registry
+/// clients send a few hundred bytes; a bearer token is a few KiB.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A client must send its whole header block within this time, so idle half-open connections
+/// cannot pile up. Bodies are not limited: a blob stream takes as long as it takes.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sockets cistern serves on. Tests bind 127.0.0.1:0; `main` binds what the config says.
+pub struct Listeners {
+    pub api: TcpListener,
+    /// Metrics and health; None when `http.debug.addr` is empty.
+    pub debug: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(api: TcpListener) -> Self {
+        Listeners { api, debug: None }
+    }
+}
+
+impl Listeners {
+    /// Binds `http.addr` and `http.debug.addr`; an error names the key.
+    pub async fn bind(http: &HttpConfig) -> Result<Listeners, StartError> {
+        let api = bind("http.addr", &http.addr).await?;
+        let debug = match &http.debug {
+            Some(debug) => Some(bind("http.debug.addr", &debug.addr).await?),
+            None => None,
+        };
+        Ok(Listeners { api, debug })
+    }
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            key,
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Loads `http.tls`; an unreadable or invalid file stops start-up with the key and path.
+pub async fn load_tls(tls: &TlsConfig) -> Result<RustlsConfig, StartError> {
+    // reqwest and this server share one rustls build with the ring provider; make it the
+    // process default so the server config can be built (a second install is harmless).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    RustlsConfig::from_pem_file(&tls.certificate, &tls.key)
+        .await
+        .map_err(|source| StartError::Tls {
+            certificate: tls.certificate.display().to_string(),
+            key: tls.key.display().to_string(),
+            source,
+        })
+}
+
+/// Serves `api` (and `debug`) until `shutdown` completes, then stops accepting, lets responses
+/// in progress finish for up to `drain_timeout`, and returns.
+pub async fn run(
+    listeners: Listeners,
+    api: Router,
+    debug: Router,
+    tls: Option<RustlsConfig>,
+    drain_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_shutdown: impl FnOnce() + Send + 'static,
+) -> Result<(), StartError> {
+    let api_addr = local_addr(&listeners.api);
+    let api_handle = Handle::new();
+    let debug_handle = Handle::new();
+    {
+        let (api_handle, debug_handle) = (api_handle.clone(), debug_handle.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            on_shutdown();
+            tracing::info!(
+                connections = api_handle.connection_count(),
+                drain_timeout = ?drain_timeout,
+                "shutting down: no new connections; responses in progress may finish (http.draintimeout)"
+            );
+            api_handle.graceful_shutdown(Some(drain_timeout));
+            // The debug listener answers (readiness: not ready) until the API has drained.
+            while api_handle.connection_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            debug_handle.graceful_shutdown(Some(Duration::ZERO));
+        });
+    }
+    if let Some(listener) = listeners.debug {
+        let addr = local_addr(&listener);
+        tracing::info!(%addr, "debug listener (metrics, health) serving");
+        let server = axum_server::from_tcp(into_std(listener, &addr)?).handle(debug_handle);
+        tokio::spawn(async move {
+            if let Err(e) = server
+                .serve(debug.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+            {
+                tracing::error!(%addr, error = %e, "debug listener failed");
+            }
+        });
+    }
+    let std_listener = into_std(listeners.api, &api_addr)?;
+    let service = api.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(tls) => {
+            let mut server = axum_server::from_tcp_rustls(std_listener, tls).handle(api_handle);
+            limit(server.http_builder());
+            server.serve(service).await
+        }
+        None => {
+            let mut server = axum_server::from_tcp(std_listener).handle(api_handle);
+            limit(server.http_builder());
+            server.serve(service).await
+        }
+    };
+    served.map_err(|source| StartError::Serve {
+        addr: api_addr,
+        source,
+    })
+}
+
+/// The limits every API connection gets.
+fn limit(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder
+        .http1()
+        .max_buf_size(MAX_HEADER_BYTES)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+fn into_std(listener: TcpListener, addr: &str) -> Result<std::net::TcpListener, StartError> {
+    listener.into_std().map_err(|source| StartError::Serve {
+        addr: addr.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,220 @@
+//! What cistern counts, exposed in Prometheus' text format on the debug listener.
+//!
+//! Every server owns its registry (no process-wide global), so two servers in one process, as
+//! in the tests, never see each other's numbers.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::cache::Outcome;
+
+/// The content type Prometheus expects for the OpenMetrics text this module renders.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    kind: &'static str,
+    method: String,
+    /// The HTTP status, or `error` when no answer came (refused, timed out, broke off).
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// cistern's counters and gauges. Cloning shares them.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
+    served_bytes: Family<SourceLabels, Counter>,
+    upstream_bytes: Counter,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    token_fetches: Family<OutcomeLabels, Counter>,
+    fills_in_flight: Gauge,
+    stale_serves: Family<KindLabels, Counter>,
+    rate_limit_limit: Gauge<i64, AtomicI64>,
+    rate_limit_remaining: Gauge<i64, AtomicI64>,
+    storage_errors: Family<OperationLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cistern");
+        let r = &mut registry;
+        let inner = Inner {
+            requests: registered(r, "requests", "Requests answered, by endpoint, method and status"),
+            cache: registered(r, "cache_requests", "Manifest and blob requests by how the cache answered: hit (storage only), miss (fetched upstream), joined (an in-progress fill), revalidated (tag checked with a HEAD), stale (upstream failed, cached copy served)"),
+            served_bytes: registered(r, "served_bytes", "Body bytes sent to clients, by where they came from (cache or upstream)"),
+            upstream_bytes: registered(r, "upstream_fetched_bytes", "Bytes received from upstream (blob and manifest bodies)"),
+            upstream_requests: registered(r, "upstream_requests", "HTTP requests sent upstream, by kind, method and status"),
+            token_fetches: registered(r, "upstream_token_fetches", "Tokens fetched from upstream's auth server, by outcome"),
+            fills_in_flight: registered(r, "fills_in_flight", "Blobs being fetched from upstream right now"),
+            stale_serves: registered(r, "stale_serves", "Cached tags served because upstream failed to revalidate them"),
+            rate_limit_limit: registered(r, "upstream_ratelimit_limit", "Docker Hub's ratelimit-limit, as last reported (-1 before any report)"),
+            rate_limit_remaining: registered(r, "upstream_ratelimit_remaining", "Docker Hub's ratelimit-remaining, as last reported (-1 before any report)"),
+            storage_errors: registered(r, "storage_errors", "Storage operations that failed, by where (request, fill, health)"),
+            registry,
+        };
+        inner.rate_limit_limit.set(-1);
+        inner.rate_limit_remaining.set(-1);
+        Metrics {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// One answered request.
+    pub fn request(&self, endpoint: &'static str, method: &http::Method, status: u16) {
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                method: method.as_str().to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    /// How the cache answered one manifest or blob request.
+    pub fn cache_outcome(&self, kind: &'static str, outcome: Outcome) {
+        self.inner
+            .cache
+            .get_or_create(&CacheLabels {
+                kind,
+                outcome: outcome.label(),
+            })
+            .inc();
+        if outcome == Outcome::Stale {
+            self.inner
+                .stale_serves
+                .get_or_create(&KindLabels { kind })
+                .inc();
+        }
+    }
+
+    /// Body bytes sent to a client; from the cache unless the answer was fetched upstream.
+    pub fn served(&self, outcome: Option<Outcome>, bytes: u64) {
+        let source = match outcome {
+            Some(Outcome::Miss | Outcome::Joined) => "upstream",
+            _ => "cache",
+        };
+        self.inner
+            .served_bytes
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
+    }
+
+    pub fn upstream_bytes(&self, bytes: u64) {
+        self.inner.upstream_bytes.inc_by(bytes);
+    }
+
+    /// One HTTP request sent upstream; `status` None when no answer came.
+    pub fn upstream_request(&self, kind: &'static str, method: &http::Method, status: Option<u16>) {
+        self.inner
+            .upstream_requests
+            .get_or_create(&UpstreamLabels {
+                kind,
+                method: method.as_str().to_owned(),
+                status: status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
+            })
+            .inc();
+    }
+
+    pub fn token_fetch(&self, ok: bool) {
+        let outcome = if ok { "issued" } else { "failed" };
+        self.inner
+            .token_fetches
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a fill as in flight until the guard is dropped.
+    pub fn fill_started(&self) -> FillGuard {
+        self.inner.fills_in_flight.inc();
+        FillGuard(self.inner.fills_in_flight.clone())
+    }
+
+    pub fn storage_error(&self, operation: &'static str) {
+        self.inner
+            .storage_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
+    /// Records the pull quota upstream last reported.
+    pub fn rate_limit(&self, limit: u64, remaining: u64) {
+        self.inner.rate_limit_limit.set(limit as i64);
+        self.inner.rate_limit_remaining.set(remaining as i64);
+    }
+
+    /// Everything, in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// A new metric, registered under `name`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Keeps `cistern_fills_in_flight` up while a fill runs.
+pub struct FillGuard(Gauge<i64, AtomicI64>);
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

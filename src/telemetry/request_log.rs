@@ -1,0 +1,192 @@
+//! One log line and one set of metrics per request, written when the response body has been
+//! sent (or abandoned), so the line carries the real byte count and duration of a blob stream.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tracing::Instrument;
+
+use super::request_id::{self, RequestId};
+use super::Metrics;
+use crate::api::ErrorMessage;
+use crate::cache::Outcome;
+
+/// Which endpoint answered, set on the response by the dispatcher.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointLabel(pub &'static str);
+
+/// Set on a response whose request failed because storage did.
+#[derive(Clone, Copy, Debug)]
+pub struct StorageFailed;
+
+/// The middleware: request id in, `X-Request-Id` out, a log line and metrics at the end.
+pub async fn log_requests(
+    State(metrics): State<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = RequestId::from_headers(request.headers());
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let method = request.method().clone();
+    // The query is kept: it shows containerd's `?ns=` and the paging parameters, never a secret.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str())
+        .to_owned();
+    // Lines logged while the request is handled (a fill failing, a stale tag) carry its id.
+    let span = tracing::info_span!("request", id = %id.0);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    let extensions = response.extensions();
+    let line = LogLine {
+        metrics,
+        id,
+        client,
+        method,
+        path,
+        status: response.status().as_u16(),
+        endpoint: extensions.get::<EndpointLabel>().map_or("other", |e| e.0),
+        outcome: extensions.get::<Outcome>().copied(),
+        error: extensions.get::<ErrorMessage>().map(|e| e.0.clone()),
+        storage_failed: extensions.get::<StorageFailed>().is_some(),
+        started,
+        bytes: 0,
+        finished: false,
+    };
+    response.map(|body| {
+        Body::new(CountedBody {
+            inner: body,
+            line: Some(line),
+        })
+    })
+}
+
+/// Everything the line needs, held until the body is done.
+struct LogLine {
+    metrics: Metrics,
+    id: RequestId,
+    client: Option<SocketAddr>,
+    method: Method,
+    path: String,
+    status: u16,
+    endpoint: &'static str,
+    outcome: Option<Outcome>,
+    error: Option<String>,
+    storage_failed: bool,
+    started: Instant,
+    bytes: u64,
+    /// The body reached its end; false when the client went away first.
+    finished: bool,
+}
+
+impl LogLine {
+    fn write(self) {
+        let metrics = &self.metrics;
+        metrics.request(self.endpoint, &self.method, self.status);
+        if let (Some(outcome), "manifest" | "blob") = (self.outcome, self.endpoint) {
+            metrics.cache_outcome(self.endpoint, outcome);
+        }
+        metrics.served(self.outcome, self.bytes);
+        if self.storage_failed {
+            metrics.storage_error("request");
+        }
+        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = self.outcome.map_or("-", Outcome::label);
+        let client = self.client.map(|c| c.ip().to_string()).unwrap_or_default();
+        let (id, method, path, status, bytes) = (
+            &self.id.0,
+            &self.method,
+            &self.path,
+            self.status,
+            self.bytes,
+        );
+        let complete = self.finished;
+        match &self.error {
+            Some(error) if status >= 500 => tracing::error!(
+                request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
+                cache = outcome, %error, "request failed"
+            ),
+            Some(error) => tracing::info!(
+                request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
+                cache = outcome, %error, "request refused"
+            ),
+            None if !complete && method != Method::HEAD => tracing::warn!(
+                request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
+                cache = outcome, "response cut short (the client went away or the stream failed)"
+            ),
+            None => tracing::info!(
+                request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
+                cache = outcome, "request"
+            ),
+        }
+    }
+}
+
+/// The response body, counted as it goes out; the log line is written when it ends or is
+/// dropped (a client that disconnects drops it).
+struct CountedBody {
+    inner: Body,
+    line: Option<LogLine>,
+}
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+                if let Some(line) = self.line.as_mut() {
+                    line.bytes += len;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut line) = self.line.take() {
+                    line.finished = true;
+                    line.write();
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        if let Some(mut line) = self.line.take() {
+            // hyper may drop an empty body without polling it to its end.
+            line.finished = self.inner.is_end_stream();
+            line.write();
+        }
+    }
+}

@@ -4,42 +4,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::Binary;
 use common::*;
 use futures::StreamExt;
 use reqwest::Method;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const MIB: usize = 1024 * 1024;
-
-/// The cistern binary on `config`; returns the process and the URL it serves.
-async fn start_cistern(config: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cistern"))
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("cistern exited before serving");
-        if let Some(rest) = line.split("cistern serving addr=").nth(1) {
-            break format!("http://{}", rest.split_whitespace().next().unwrap());
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
-}
 
 fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -85,7 +57,8 @@ async fn sigkill_mid_fill_leaves_nothing_served_and_the_restart_cleans_up() {
     let spool = storage.join("_spool");
     let blobs = storage.join("blobs");
 
-    let (mut cistern, url) = start_cistern(&config).await;
+    let mut cistern = Binary::start(&config).await;
+    let url = cistern.url.clone();
     let mut body = reqwest::get(format!("{url}{path}"))
         .await
         .unwrap()
@@ -101,8 +74,8 @@ async fn sigkill_mid_fill_leaves_nothing_served_and_the_restart_cleans_up() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    cistern.start_kill().unwrap();
-    cistern.wait().await.unwrap();
+    cistern.child.start_kill().unwrap();
+    cistern.child.wait().await.unwrap();
     while let Some(Ok(chunk)) = body.next().await {
         received += chunk.len();
     }
@@ -121,7 +94,8 @@ async fn sigkill_mid_fill_leaves_nothing_served_and_the_restart_cleans_up() {
         "the killed fill left its spool"
     );
 
-    let (_cistern, url) = start_cistern(&config).await;
+    let restarted = Binary::start(&config).await;
+    let url = restarted.url.clone();
     assert_eq!(
         files_below(&spool),
         Vec::<PathBuf>::new(),

@@ -25,7 +25,15 @@ impl Storage {
     pub async fn open(config: &StorageConfig) -> Result<Storage, StorageError> {
         let (store, name): (Arc<dyn ObjectStore>, String) = match config {
             StorageConfig::Filesystem { root_directory } => {
-                return Storage::filesystem(root_directory)
+                let storage = Storage::filesystem(root_directory)?;
+                storage
+                    .check_writable()
+                    .await
+                    .map_err(|source| StorageError::Unreachable {
+                        store: config.describe(),
+                        source,
+                    })?;
+                return Ok(storage);
             }
             StorageConfig::InMemory => (Arc::new(InMemory::new()), config.describe()),
             StorageConfig::S3(s3) => {

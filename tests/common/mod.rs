@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 against it.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fault_proxy;
 pub mod moto;
 pub mod upstream;
@@ -28,6 +29,8 @@ pub const DOCKER_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2
 /// cistern serving in this process.
 pub struct Mirror {
     pub url: String,
+    /// The debug listener: metrics and health.
+    pub debug_url: String,
     pub http: reqwest::Client,
     pub storage: PathBuf,
     _storage_dir: tempfile::TempDir,
@@ -43,6 +46,8 @@ pub struct MirrorSetup<'a> {
     pub proxy_options: Vec<String>,
     /// A whole `storage:` section instead of a fresh directory.
     pub storage_yaml: Option<String>,
+    /// More top-level sections (`http:`, `health:`, `auth:`...), appended to the file.
+    pub extra_yaml: Vec<String>,
 }
 
 impl<'a> MirrorSetup<'a> {
@@ -54,7 +59,21 @@ impl<'a> MirrorSetup<'a> {
             content_ttl: "168h",
             proxy_options: Vec::new(),
             storage_yaml: None,
+            extra_yaml: Vec::new(),
         }
+    }
+
+    pub fn extra_yaml(mut self, yaml: &str) -> Self {
+        self.extra_yaml.push(yaml.to_owned());
+        self
+    }
+
+    /// Keeps the storage in `dir` (e.g. to start a second mirror on what a first one cached).
+    pub fn storage_dir(self, dir: &Path) -> Self {
+        self.storage(format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n",
+            dir.display()
+        ))
     }
 
     pub fn storage(mut self, yaml: String) -> Self {
@@ -100,8 +119,9 @@ impl<'a> MirrorSetup<'a> {
                 dir.path().display()
             )
         });
+        let extra: String = self.extra_yaml.concat();
         let yaml = format!(
-            "version: 0.1\n{storage}proxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}{options}",
+            "version: 0.1\n{storage}proxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}{options}{extra}",
             self.remote,
             self.tag_ttl,
             self.content_ttl
@@ -110,10 +130,21 @@ impl<'a> MirrorSetup<'a> {
             .unwrap()
             .config;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let debug = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let scheme = if config.http.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+        let debug_url = format!("http://{}", debug.local_addr().unwrap());
+        let listeners = cistern::server::Listeners {
+            api: listener,
+            debug: Some(debug),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            cistern::serve(&config, listener, async {
+            cistern::serve(&config, listeners, async {
                 let _ = rx.await;
             })
             .await
@@ -121,6 +152,7 @@ impl<'a> MirrorSetup<'a> {
         });
         Mirror {
             url,
+            debug_url,
             http: reqwest::Client::new(),
             storage: dir.path().to_owned(),
             _storage_dir: dir,
@@ -196,6 +228,15 @@ impl Mirror {
         received
     }
 
+    /// The Prometheus text from the debug listener.
+    pub async fn metrics(&self) -> Metrics {
+        let response = reqwest::get(format!("{}/metrics", self.debug_url))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Metrics(response.text().await.unwrap())
+    }
+
     /// Bytes in the spool: blobs being fetched right now.
     pub fn spooled_bytes(&self) -> u64 {
         std::fs::read_dir(self.storage.join("_spool"))
@@ -225,6 +266,20 @@ impl Mirror {
         walk(&self.storage, &self.storage, &mut files);
         files.sort();
         files
+    }
+}
+
+/// A scrape of `/metrics`.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The sample `series` (name and labels exactly as rendered, e.g.
+    /// `cistern_requests_total{endpoint="blob",method="GET",status="200"}`), 0 when absent.
+    pub fn value(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 }
 

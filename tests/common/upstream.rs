@@ -53,6 +53,9 @@ pub struct Faults {
     pub refuse_credentials: AtomicBool,
     /// Blob GETs ignore `Range` and send the whole blob (200), as some servers do.
     pub ignore_range: AtomicBool,
+    /// Manifest answers carry Docker Hub's `ratelimit-limit`/`ratelimit-remaining` (limit,
+    /// remaining), the remaining count going down by one per manifest GET.
+    pub rate_limit: Mutex<Option<(u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -172,6 +175,26 @@ fn oci_error(status: StatusCode, code: &str) -> Response {
 }
 
 async fn handle(State(state): State<Arc<Upstream>>, request: Request) -> Response {
+    let is_manifest_get =
+        request.method() == Method::GET && request.uri().path().contains("/manifests/");
+    let mut response = answer(&state, request).await;
+    let mut quota = state.faults.rate_limit.lock().unwrap();
+    if let (Some((limit, remaining)), true) = (quota.as_mut(), is_manifest_get) {
+        *remaining = remaining.saturating_sub(1);
+        let headers = response.headers_mut();
+        headers.insert(
+            "ratelimit-limit",
+            format!("{limit};w=21600").parse().unwrap(),
+        );
+        headers.insert(
+            "ratelimit-remaining",
+            format!("{remaining};w=21600").parse().unwrap(),
+        );
+    }
+    response
+}
+
+async fn answer(state: &Arc<Upstream>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();

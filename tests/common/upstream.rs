@@ -219,7 +219,7 @@ async fn answer(state: &Arc<Upstream>, request: Request) -> Response {
         return oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     }
     if path == "/token" {
-        return token(&state, &query, &headers);
+        return token(state, &query, &headers);
     }
     if let Some((status, retry_after)) = state.faults.status.lock().unwrap().clone() {
         let mut response = oci_error(StatusCode::from_u16(status).unwrap(), "FAULT");
@@ -231,7 +231,7 @@ async fn answer(state: &Arc<Upstream>, request: Request) -> Response {
         return response;
     }
     if let Some(digest) = path.strip_prefix("/cdn/") {
-        return cdn_blob(&state, digest, &headers);
+        return cdn_blob(state, digest, &headers);
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND");
@@ -248,7 +248,7 @@ async fn answer(state: &Arc<Upstream>, request: Request) -> Response {
     } else {
         return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     };
-    if !authorized(&state, repo, &headers) {
+    if !authorized(state, repo, &headers) {
         let realm = state.realm.lock().unwrap().clone();
         let challenge =
             format!(r#"Bearer realm="{realm}",service="fake-hub",scope="repository:{repo}:pull""#);
@@ -286,8 +286,8 @@ async fn answer(state: &Arc<Upstream>, request: Request) -> Response {
                     .into_response();
             }
             blob_get(
-                &state,
-                maybe_corrupt(&state, reference, bytes.clone()),
+                state,
+                maybe_corrupt(state, reference, bytes.clone()),
                 &headers,
             )
         }

@@ -1,5 +1,6 @@
 //! cistern: a pull-through caching mirror for Docker Hub.
 
+pub mod access;
 pub mod api;
 pub mod cache;
 pub mod config;
@@ -30,6 +31,8 @@ pub enum StartError {
     Storage(#[from] storage::StorageError),
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    #[error(transparent)]
+    Access(#[from] access::HtpasswdError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         key: &'static str,
@@ -59,6 +62,7 @@ pub struct App {
 /// The whole application for `config`: storage, upstream client, routers, and the background
 /// expiry sweep and storage health check (so it must be called within a Tokio runtime).
 pub async fn app(config: &Config) -> Result<App, StartError> {
+    let access = Arc::new(access::Access::new(&config.access)?);
     let metrics = Metrics::new();
     let storage = Storage::open(&config.storage).await?;
     let upstream = Upstream::new(&config.proxy, metrics.clone())?;
@@ -82,6 +86,7 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let debug = api::debug_router(ops.clone(), metrics_path);
     let state = api::AppState {
         cache,
+        access,
         extra_headers: Arc::new(config.http.headers.clone()),
     };
     Ok(App {

@@ -4,16 +4,22 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::pagination::{next_link, PageQuery};
+use crate::access::Access;
 use crate::cache::{paginate, Cache};
 
 /// Distribution's `catalog.maxentries` default: the largest page served.
 const MAX_ENTRIES: usize = 1000;
 
-/// `GET /v2/_catalog`: the repositories this mirror holds, in pages.
-pub async fn list(cache: &Cache, query: Option<&str>) -> Result<Response, ApiError> {
+/// `GET /v2/_catalog`: the repositories this mirror holds and the client may pull, in pages.
+pub async fn list(
+    cache: &Cache,
+    query: Option<&str>,
+    access: &Access,
+) -> Result<Response, ApiError> {
     let page = PageQuery::parse(query)?;
     let n = page.n.unwrap_or(MAX_ENTRIES).min(MAX_ENTRIES);
-    let repositories = cache.repositories().await?;
+    let mut repositories = cache.repositories().await?;
+    repositories.retain(|name| access.allows(name));
     let (repositories, more) = paginate(repositories, Some(n), page.last.as_deref());
     let link = repositories
         .last()

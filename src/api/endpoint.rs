@@ -30,6 +30,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The repository the request is about, if any.
+    pub fn repository(&self) -> Option<&RepoName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Manifest { repo, .. }
+            | Endpoint::Blob { repo, .. }
+            | Endpoint::Tags { repo } => Some(repo),
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 
+use crate::access::Refusal;
 use crate::cache::CacheError;
 use crate::registry::{DigestError, NameError, TagError};
 use crate::storage::StorageError;
@@ -75,12 +76,32 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", message)
     }
 
+    /// 401 with a Basic challenge: docker login and dockerd answer it with credentials.
+    pub fn unauthorized(realm: &str, message: String) -> Self {
+        let realm = realm.replace(['"', '\\'], "");
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+            .with_header(header::WWW_AUTHENTICATE, format!("Basic realm=\"{realm}\""))
+    }
+
+    pub fn denied(message: String) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "DENIED", message)
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             format!("no registry API endpoint at {path}"),
         )
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthorized { realm, message } => Self::unauthorized(&realm, message),
+            Refusal::Denied(message) => Self::denied(message),
+        }
     }
 }
 

@@ -10,15 +10,17 @@ mod ops;
 mod pagination;
 mod tags;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use http::{HeaderName, HeaderValue};
 
+use crate::access::Access;
 use crate::cache::Cache;
 use crate::telemetry::{log_requests, EndpointLabel};
 pub use endpoint::Endpoint;
@@ -29,6 +31,8 @@ pub use ops::{debug_router, OpsState};
 #[derive(Clone)]
 pub struct AppState {
     pub cache: Cache,
+    /// Who may pull what (`auth.htpasswd`, `access:`).
+    pub access: Arc<Access>,
     /// Configured `http.headers`, added to every response.
     pub extra_headers: Arc<Vec<(HeaderName, HeaderValue)>>,
 }
@@ -53,10 +57,29 @@ pub fn router(state: AppState, ops: OpsState) -> Router {
 
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let authorization = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if let Err(refusal) = state.access.admit(peer, authorization).await {
+        return ApiError::from(refusal).into_response();
+    }
     let endpoint = match Endpoint::parse(&parts.method, parts.uri.path()) {
         Ok(endpoint) => endpoint,
         Err(e) => return e.into_response(),
     };
+    if let Some(repo) = endpoint.repository() {
+        if !state.access.allows(repo.as_str()) {
+            return ApiError::denied(format!(
+                "repository {repo} may not be pulled through this mirror (access.repositories)"
+            ))
+            .into_response();
+        }
+    }
     let mut response = answer(&state, &endpoint, &parts).await;
     response
         .extensions_mut()
@@ -69,7 +92,7 @@ async fn answer(state: &AppState, endpoint: &Endpoint, parts: &http::request::Pa
     let cache = &state.cache;
     let result = match endpoint {
         Endpoint::Base => Ok(axum::Json(serde_json::json!({})).into_response()),
-        Endpoint::Catalog => catalog::list(cache, query).await,
+        Endpoint::Catalog => catalog::list(cache, query, &state.access).await,
         Endpoint::Tags { repo } => tags::list(cache, repo, query).await,
         Endpoint::Manifest {
             repo,

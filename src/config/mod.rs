@@ -1,6 +1,7 @@
 //! cistern's configuration: CNCF Distribution's `config.yml` schema where the two overlap
 //! (so a registry:2 proxy config runs unchanged), with cistern's extensions beside it.
 
+mod access;
 mod scalar;
 mod storage;
 use storage::RawStorage;
@@ -9,6 +10,7 @@ mod duration;
 mod health;
 mod http;
 mod schema;
+pub use access::{AccessConfig, HtpasswdConfig, Patterns};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;
@@ -43,6 +45,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub log: LogConfig,
     pub health: HealthConfig,
+    pub access: AccessConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -161,10 +164,16 @@ impl Config {
                 key: e.path().to_string(),
                 reason: e.inner().to_string(),
             })?;
-        Ok(Loaded {
-            config: raw.validate()?,
-            warnings,
-        })
+        let config = raw.validate()?;
+        if let Some(credentials) = &config.proxy.credentials {
+            if !config.access.restricts_clients() {
+                warnings.push(format!(
+                    "UPSTREAM CREDENTIALS ARE OPEN TO EVERY CLIENT: anyone who can reach this mirror can pull every image, private ones included, that Docker Hub account {:?} can read. Restrict it with auth.htpasswd, access.sources or access.repositories.allow",
+                    credentials.username
+                ));
+            }
+        }
+        Ok(Loaded { config, warnings })
     }
 }
 
@@ -178,6 +187,8 @@ struct RawConfig {
     proxy: RawProxy,
     log: RawLog,
     health: RawHealth,
+    auth: access::RawAuth,
+    access: access::RawAccess,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,6 +229,7 @@ impl RawConfig {
             proxy: self.proxy.validate()?,
             log: self.log.validate()?,
             health: self.health.validate()?,
+            access: access::validate(self.auth, self.access)?,
         })
     }
 }
@@ -345,8 +357,9 @@ proxy:
             (check.interval, check.threshold),
             (Duration::from_secs(10), 3)
         );
-        // log.fields and storage.cache are Distribution's but not cistern's.
-        assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+        // log.fields and storage.cache are Distribution's but not cistern's; the credentials
+        // are open to every client.
+        assert_eq!(loaded.warnings.len(), 3, "{:?}", loaded.warnings);
     }
 
     #[test]

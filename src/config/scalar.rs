@@ -46,3 +46,23 @@ pub fn deserialize_optional_bool<'de, D: Deserializer<'de>>(
 pub fn deserialize_present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
+
+/// A list, written in YAML (`[a, b]`) or from the environment as comma-separated text.
+pub fn deserialize_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Items(Vec<String>),
+        Text(String),
+    }
+    Ok(match Option::<List>::deserialize(d)? {
+        None => Vec::new(),
+        Some(List::Items(items)) => items,
+        Some(List::Text(text)) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}

@@ -100,7 +100,22 @@ pub const ROOT: Key = Section(&[
             ("tag", Ignored),
         ]),
     ),
-    ("auth", Ignored),
+    (
+        "auth",
+        Section(&[
+            ("htpasswd", Section(&[("realm", Used), ("path", Used)])),
+            ("token", Ignored),
+            ("silly", Ignored),
+        ]),
+    ),
+    // cistern's extension: who may use the mirror (and its stored credentials) for what.
+    (
+        "access",
+        Section(&[
+            ("sources", Used),
+            ("repositories", Section(&[("allow", Used), ("deny", Used)])),
+        ]),
+    ),
     ("middleware", Ignored),
     ("reporting", Ignored),
     (

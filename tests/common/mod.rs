@@ -260,10 +260,12 @@ impl Mirror {
             .exists()
     }
 
-    /// Every file under the storage root, relative to it.
+    /// Every cached file under the storage root, relative to it (not `_cistern/`, cistern's
+    /// own bookkeeping such as the write probe).
     pub fn stored_files(&self) -> Vec<String> {
         let mut files = Vec::new();
         walk(&self.storage, &self.storage, &mut files);
+        files.retain(|f| !f.starts_with("_cistern/"));
         files.sort();
         files
     }

@@ -324,7 +324,7 @@ async fn a_start_with_an_unreadable_certificate_names_the_files() {
 }
 
 #[tokio::test]
-async fn oversized_request_headers_are_refused() {
+async fn oversized_request_headers_and_uris_are_refused() {
     let up = FakeUpstream::start().await;
     let mirror = MirrorSetup::new(&up.url).start().await;
     let response = mirror
@@ -335,6 +335,10 @@ async fn oversized_request_headers_are_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), 431);
+    let long_name = format!("/v2/{}/manifests/latest", ["a"; 5000].join("/"));
+    let response = mirror.get(&long_name).await;
+    assert_eq!(response.status(), 414);
+    assert_eq!(error_code(response).await, "NAME_INVALID");
     assert_eq!(mirror.get("/v2/").await.status(), 200, "still serving");
     assert_eq!(up.registry_requests(), 0);
 }

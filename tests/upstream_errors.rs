@@ -62,3 +62,32 @@ async fn refused_credentials_are_denied_and_say_which_keys_to_check() {
         "the password is never echoed: {message}"
     );
 }
+
+#[tokio::test]
+async fn manifests_over_4_mib_are_refused_even_without_a_content_length() {
+    let up = FakeUpstream::start().await;
+    let padding = "x".repeat(4 * 1024 * 1024);
+    let huge = format!(r#"{{"schemaVersion":2,"annotations":{{"padding":"{padding}"}}}}"#);
+    let digest = up.add_manifest("org/huge", Some("big"), OCI_MANIFEST, huge.as_bytes());
+    let proxy = FaultProxy::start(&up.url).await;
+    let mirror = MirrorSetup::new(&proxy.url).start().await;
+
+    // With Content-Length, then chunked (the proxy drops the length and streams it all).
+    for chunked in [false, true] {
+        if chunked {
+            proxy.inject("/manifests/", Fault::Truncate(u64::MAX), 10);
+        }
+        for reference in ["big", digest.as_str()] {
+            let response = mirror.get_manifest("org/huge", reference).await;
+            assert_eq!(response.status(), 502, "chunked: {chunked}, {reference}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            let message = body["errors"][0]["message"].as_str().unwrap().to_owned();
+            assert!(
+                message.contains("larger than 4194304 bytes")
+                    && message.contains(&format!("org/huge/manifests/{reference}")),
+                "{message}"
+            );
+        }
+    }
+    assert!(!mirror.has_content(&digest), "nothing cached");
+}

@@ -297,3 +297,62 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::GET),
+            Just(Method::HEAD),
+            Just(Method::PUT),
+            Just(Method::DELETE),
+            Just(Method::POST),
+            Just(Method::PATCH),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_path_is_an_endpoint_or_an_error_never_a_panic(method in method(), path in any::<String>()) {
+            let _ = Endpoint::parse(&method, &path);
+            let _ = Endpoint::parse(&method, &format!("/v2/{path}"));
+            let _ = Endpoint::parse(&method, &format!("/v2/{path}/manifests/{path}"));
+            let _ = Endpoint::parse(&method, &format!("/v2/{path}/blobs/{path}"));
+        }
+
+        #[test]
+        fn names_of_any_depth_parse_from_the_right(
+            components in proptest::collection::vec("[a-z0-9]{1,6}(-[a-z0-9]{1,4})?", 2..6),
+            tag in "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,40}",
+            hex in "[0-9a-f]{64}",
+            head in any::<bool>(),
+        ) {
+            let name = components.join("/");
+            let method = if head { Method::HEAD } else { Method::GET };
+            let manifest = Endpoint::parse(&method, &format!("/v2/{name}/manifests/{tag}")).unwrap();
+            let Endpoint::Manifest { repo, reference, head: is_head } = manifest else {
+                panic!("not a manifest endpoint");
+            };
+            prop_assert_eq!((repo.as_str(), reference.to_string(), is_head), (name.as_str(), tag, head));
+            let digest = format!("sha256:{hex}");
+            let blob = Endpoint::parse(&method, &format!("/v2/{name}/blobs/{digest}")).unwrap();
+            let Endpoint::Blob { repo, digest: parsed, .. } = blob else {
+                panic!("not a blob endpoint");
+            };
+            prop_assert_eq!((repo.as_str(), parsed.to_string()), (name.as_str(), digest));
+            let tags = Endpoint::parse(&Method::GET, &format!("/v2/{name}/tags/list")).unwrap();
+            prop_assert_eq!(tags, Endpoint::Tags { repo: RepoName::parse(&name).unwrap() });
+        }
+
+        #[test]
+        fn writes_are_never_read_endpoints(name in "[a-z]{1,8}/[a-z]{1,8}", tag in "[a-z]{1,8}") {
+            for method in [Method::PUT, Method::DELETE, Method::POST, Method::PATCH] {
+                let parsed = Endpoint::parse(&method, &format!("/v2/{name}/manifests/{tag}"));
+                prop_assert!(parsed.is_err());
+            }
+        }
+    }
+}

@@ -83,6 +83,17 @@ impl ApiError {
             .with_header(header::WWW_AUTHENTICATE, format!("Basic realm=\"{realm}\""))
     }
 
+    /// 414. No valid registry request comes near the limit (names are at most 255 characters,
+    /// tags 128, digests 135), so an over-long URI can only carry an invalid name or reference:
+    /// hence `NAME_INVALID`, the closest code the spec has.
+    pub fn uri_too_long(len: usize, limit: usize) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "NAME_INVALID",
+            format!("request URI is {len} bytes; the limit is {limit}"),
+        )
+    }
+
     pub fn denied(message: String) -> Self {
         Self::new(StatusCode::FORBIDDEN, "DENIED", message)
     }

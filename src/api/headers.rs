@@ -79,3 +79,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_is_ignored_without_panicking(value in any::<String>()) {
+            let _ = parse_range(&value);
+        }
+
+        #[test]
+        fn a_range_parses_to_exactly_its_bounds(
+            (start, end) in prop_oneof![(0u64..8, 0u64..8), (any::<u64>(), any::<u64>())]
+        ) {
+            prop_assert_eq!(
+                parse_range(&format!("bytes={start}-")),
+                Some(ByteRange::From { start, end: None })
+            );
+            let bounded = parse_range(&format!("bytes={start}-{end}"));
+            if end >= start {
+                prop_assert_eq!(bounded, Some(ByteRange::From { start, end: Some(end) }));
+            } else {
+                prop_assert_eq!(bounded, None, "an end before the start is not a range");
+            }
+            prop_assert_eq!(parse_range(&format!("bytes=-{end}")), Some(ByteRange::Suffix(end)));
+            prop_assert_eq!(parse_range(&format!("bytes={start}-{end},0-1")), None);
+            prop_assert_eq!(parse_range(&format!("items={start}-{end}")), None);
+        }
+    }
+}

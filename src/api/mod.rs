@@ -55,8 +55,15 @@ pub fn router(state: AppState, ops: OpsState) -> Router {
         .merge(ops::health_routes(ops))
 }
 
+/// Longer request URIs are refused before any other work.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
+    let uri_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        return ApiError::uri_too_long(uri_len, MAX_URI_BYTES).into_response();
+    }
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()

@@ -50,3 +50,28 @@ pub fn next_link(path: &str, n: usize, last: &str) -> String {
     let last: String = url::form_urlencoded::byte_serialize(last.as_bytes()).collect();
     format!("<{path}?n={n}&last={last}>; rel=\"next\"")
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_query_is_a_page_or_an_error_never_a_panic(query in any::<String>()) {
+            let _ = PageQuery::parse(Some(&query));
+        }
+
+        #[test]
+        fn the_next_link_carries_n_and_last_back_unchanged(n in 1usize..10_000, last in any::<String>()) {
+            prop_assume!(!last.is_empty());
+            let link = next_link("/v2/_catalog", n, &last);
+            let query = link
+                .strip_prefix("</v2/_catalog?")
+                .and_then(|rest| rest.strip_suffix(">; rel=\"next\""))
+                .unwrap();
+            let page = PageQuery::parse(Some(query)).ok().unwrap();
+            prop_assert_eq!((page.n, page.last), (Some(n), Some(last)));
+        }
+    }
+}

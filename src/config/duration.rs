@@ -46,3 +46,24 @@ mod tests {
         assert!(parse("soon").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_fails_without_panicking(text in any::<String>()) {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn units_mean_what_they_say(n in 0u64..1_000_000) {
+            prop_assert_eq!(parse(&format!("{n}s")), Ok(Duration::from_secs(n)));
+            prop_assert_eq!(parse(&format!("{n}m")), Ok(Duration::from_secs(n * 60)));
+            prop_assert_eq!(parse(&format!("{n}h")), Ok(Duration::from_secs(n * 3600)));
+            prop_assert_eq!(parse(&format!("{n}ms")), Ok(Duration::from_millis(n)));
+        }
+    }
+}

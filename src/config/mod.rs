@@ -568,3 +568,112 @@ proxy:
         assert!(!debug.contains("some-access-token"), "{debug}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Key paths cistern reads, and a few it does not, to build plausible documents from.
+    const PATHS: &[&str] = &[
+        "version",
+        "log.level",
+        "log.formatter",
+        "log.fields.service",
+        "http.addr",
+        "http.headers.X-Test",
+        "http.debug.addr",
+        "http.debug.prometheus.enabled",
+        "http.debug.prometheus.path",
+        "http.draintimeout",
+        "http.tls.certificate",
+        "http.tls.key",
+        "storage.filesystem.rootdirectory",
+        "storage.inmemory",
+        "storage.s3.bucket",
+        "storage.s3.regionendpoint",
+        "storage.s3.forcepathstyle",
+        "storage.gcs.bucket",
+        "storage.azure.accountname",
+        "proxy.remoteurl",
+        "proxy.username",
+        "proxy.password",
+        "proxy.ttl",
+        "proxy.tagttl",
+        "proxy.notfoundttl",
+        "proxy.maxfetches",
+        "health.storagedriver.enabled",
+        "health.storagedriver.interval",
+        "health.storagedriver.threshold",
+        "auth.htpasswd.realm",
+        "auth.htpasswd.path",
+        "access.sources",
+        "access.repositories.allow",
+        "access.repositories.deny",
+        "typo.key",
+    ];
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            any::<f64>().prop_map(|f| Value::Number(f.into())),
+            "[ -~]{0,24}".prop_map(Value::String),
+            proptest::collection::vec("[ -~]{0,12}".prop_map(Value::String), 0..3)
+                .prop_map(Value::Sequence),
+        ]
+    }
+
+    fn document() -> impl Strategy<Value = Value> {
+        proptest::collection::vec((proptest::sample::select(PATHS), scalar()), 0..8).prop_map(
+            |entries| {
+                let mut document = Value::Mapping(Default::default());
+                for (path, value) in entries {
+                    let path: Vec<String> = path.split('.').map(str::to_owned).collect();
+                    schema_set(&mut document, &path, value);
+                }
+                document
+            },
+        )
+    }
+
+    /// Like the env override's setter, so the documents have the shapes a user would write.
+    fn schema_set(document: &mut Value, path: &[String], value: Value) {
+        let mut node = document;
+        for name in path {
+            if !node.is_mapping() {
+                *node = Value::Mapping(Default::default());
+            }
+            let Value::Mapping(map) = node else {
+                unreachable!()
+            };
+            node = map
+                .entry(Value::String(name.clone()))
+                .or_insert(Value::Null);
+        }
+        *node = value;
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_loads_or_fails_naming_why(text in any::<String>()) {
+            let _ = Config::from_yaml(&text, Vec::new());
+        }
+
+        #[test]
+        fn any_document_and_environment_load_or_fail_without_panicking(
+            document in document(),
+            env in proptest::collection::vec(
+                (proptest::sample::select(PATHS), "[ -~]{0,16}"), 0..4),
+        ) {
+            let env = env.into_iter().map(|(path, value)| {
+                (format!("REGISTRY_{}", path.replace('.', "_").to_uppercase()), value)
+            });
+            let text = serde_yaml_ng::to_string(&document).unwrap();
+            if let Err(e) = Config::from_yaml(&text, env) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}

@@ -172,3 +172,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_fails_without_panicking(text in any::<String>()) {
+            let _ = text.parse::<Digest>();
+        }
+
+        #[test]
+        fn valid_digests_round_trip(hex in "[0-9a-f]{64}", long in "[0-9a-f]{128}") {
+            for text in [format!("sha256:{hex}"), format!("sha512:{long}")] {
+                let digest: Digest = text.parse().unwrap();
+                prop_assert_eq!(digest.to_string(), text);
+            }
+        }
+
+        #[test]
+        fn wrong_lengths_uppercase_and_unknown_algorithms_are_refused(
+            hex in "[0-9a-f]{1,63}", upper in "[0-9A-F]{64}", alg in "[a-z]{2,8}"
+        ) {
+            assert!(format!("sha256:{hex}").parse::<Digest>().is_err());
+            prop_assume!(upper.bytes().any(|b| b.is_ascii_uppercase()));
+            assert!(format!("sha256:{upper}").parse::<Digest>().is_err());
+            prop_assume!(alg != "sha256" && alg != "sha512");
+            assert!(format!("{alg}:{hex}").parse::<Digest>().is_err());
+        }
+    }
+}

@@ -119,3 +119,54 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid path component: alphanumeric runs joined by `.`, `_`, `__` or dashes.
+    fn component() -> impl Strategy<Value = String> {
+        (
+            "[a-z0-9]{1,8}",
+            proptest::collection::vec(("(\\.|_|__|-{1,3})", "[a-z0-9]{1,8}"), 0..3),
+        )
+            .prop_map(|(first, rest)| {
+                rest.into_iter()
+                    .fold(first, |name, (sep, run)| name + &sep + &run)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_fails_without_panicking(text in any::<String>()) {
+            let _ = RepoName::parse(&text);
+        }
+
+        #[test]
+        fn valid_names_parse_and_one_segment_names_are_official_images(
+            components in proptest::collection::vec(component(), 1..5)
+        ) {
+            let raw = components.join("/");
+            let name = RepoName::parse(&raw).unwrap();
+            if components.len() == 1 {
+                prop_assert_eq!(name.as_str(), format!("library/{raw}"));
+            } else {
+                prop_assert_eq!(name.as_str(), raw.as_str());
+            }
+        }
+
+        #[test]
+        fn uppercase_empty_components_and_long_names_are_refused(
+            parts in proptest::collection::vec(component(), 2..4), upper in "[A-Z]{1,4}"
+        ) {
+            let raw = parts.join("/");
+            assert!(RepoName::parse(&format!("{raw}/{upper}")).is_err());
+            assert!(RepoName::parse(&format!("{raw}//x")).is_err());
+            assert!(RepoName::parse(&format!("{raw}/")).is_err());
+            assert!(RepoName::parse(&format!("{raw}/..")).is_err());
+            let long = format!("{raw}/{}", "a".repeat(256));
+            assert!(RepoName::parse(&long).is_err());
+        }
+    }
+}

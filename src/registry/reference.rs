@@ -73,3 +73,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_fails_without_panicking(text in any::<String>()) {
+            let _ = Tag::parse(&text);
+        }
+
+        #[test]
+        fn tags_follow_the_grammar(tag in "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}", long in "[a-z]{129,200}") {
+            prop_assert_eq!(Tag::parse(&tag).unwrap().to_string(), tag.clone());
+            assert!(Tag::parse(&long).is_err(), "over 128 characters");
+            assert!(Tag::parse(&format!(".{tag}")).is_err());
+            assert!(Tag::parse(&format!("-{tag}")).is_err());
+        }
+    }
+}

@@ -114,3 +114,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_header_parses_or_is_refused_without_panicking(header in any::<String>()) {
+            let _ = Challenge::parse(&header);
+        }
+
+        #[test]
+        fn bearer_challenges_give_their_realm_and_service(
+            realm in "https://[a-z.]{1,20}/[a-z]{0,10}", service in "[a-z.]{1,20}",
+            scope in "repository:[a-z/]{1,20}:pull", spaces in " {0,2}"
+        ) {
+            let header = format!(
+                "Bearer realm=\"{realm}\",{spaces}service=\"{service}\",scope=\"{scope}\""
+            );
+            prop_assert_eq!(
+                Challenge::parse(&header),
+                Some(Challenge::Bearer { realm, service: Some(service) })
+            );
+        }
+    }
+}

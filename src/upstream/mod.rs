@@ -143,22 +143,13 @@ impl Upstream {
             .send(repo, Method::GET, &url, accept_header(accept), true)
             .await?;
         let response = expect_success(response, &url)?;
-        if content_length(response.headers()).is_some_and(|len| len > MAX_MANIFEST_BYTES) {
-            return Err(UpstreamError::BadResponse {
-                url,
-                reason: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
-            });
-        }
         let media_type = content_type(response.headers());
         let digest_header = response
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::unreachable(&url, e))?;
+        let bytes = read_at_most(response, MAX_MANIFEST_BYTES, &url).await?;
         Ok(FetchedManifest {
             bytes,
             media_type,
@@ -518,6 +509,34 @@ fn expect_success(
         status: status.as_u16(),
         retry_after,
     })
+}
+
+/// The body, refused as soon as it is known to exceed `limit` (from `Content-Length`, or while
+/// reading a chunked body that has none): an oversized answer is never buffered whole.
+async fn read_at_most(
+    mut response: reqwest::Response,
+    limit: u64,
+    url: &str,
+) -> Result<Bytes, UpstreamError> {
+    let too_large = || UpstreamError::BadResponse {
+        url: url.to_owned(),
+        reason: format!("manifest is larger than {limit} bytes"),
+    };
+    if content_length(response.headers()).is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| UpstreamError::unreachable(url, e))?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn content_type(headers: &HeaderMap) -> String {

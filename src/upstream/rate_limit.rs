@@ -133,3 +133,22 @@ mod tests {
         assert_eq!(rate.latest(), Some((100, 5)));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_value_parses_or_is_ignored_without_panicking(value in any::<String>()) {
+            let _ = parse(&value);
+        }
+
+        #[test]
+        fn counts_and_windows_parse(count in any::<u64>(), window in any::<u64>()) {
+            prop_assert_eq!(parse(&format!("{count};w={window}")), Some((count, Some(window))));
+            prop_assert_eq!(parse(&format!("{count}")), Some((count, None)));
+        }
+    }
+}

@@ -83,7 +83,7 @@ impl ApiError {
             .with_header(header::WWW_AUTHENTICATE, format!("Basic realm=\"{realm}\""))
     }
 
-    /// 414. No valid registry request comes near the limit: names are at most 255 characters,
+    /// Answers 414. No valid registry request comes near the limit: names are at most 255 characters,
     /// tags 128 and digests 135. An over-long URI can only carry an invalid name or reference,
     /// so the code is `NAME_INVALID`, the closest one the spec has.
     pub fn uri_too_long(len: usize, limit: usize) -> Self {

@@ -240,10 +240,17 @@ fn test_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::Pat
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: a leaf whose issuer equals its subject looks self-signed to OpenSSL.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cistern test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let params =
+    let mut params =
         CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
     let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
@@ -298,6 +305,25 @@ async fn tls_serves_a_pull_to_a_client_trusting_the_test_ca() {
         4,
         "manifest, config and two layers, digests checked"
     );
+
+    // curl, with the CA file as an operator would pass it (.ci/run installs curl).
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    for (digest, bytes) in &pulled[1..] {
+        let output = tokio::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--cacert"])
+            .arg(&ca_file)
+            .arg(format!("{}/v2/library/busybox/blobs/{digest}", mirror.url))
+            .output()
+            .await
+            .expect("curl is installed");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(&output.stdout[..], &bytes[..], "{digest} through curl");
+    }
 }
 
 #[tokio::test]

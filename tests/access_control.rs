@@ -236,14 +236,7 @@ async fn bad_access_settings_stop_start_up_naming_the_key() {
         "storage: {{inmemory: {{}}}}\nauth: {{htpasswd: {{realm: r, path: {}}}}}\n",
         path.display()
     );
-    let config = cistern::config::Config::from_yaml(&yaml, Vec::new())
-        .unwrap()
-        .config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let error = cistern::serve(&config, listener, async {})
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(&yaml).await;
     assert!(
         error.contains("auth.htpasswd.path") && error.contains("line 1"),
         "{error}"

@@ -329,20 +329,11 @@ async fn tls_serves_a_pull_to_a_client_trusting_the_test_ca() {
 #[tokio::test]
 async fn a_start_with_an_unreadable_certificate_names_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    let config = cistern::config::Config::from_yaml(
-        &format!(
-            "http:\n  tls:\n    certificate: {0}/missing.pem\n    key: {0}/missing.key\nstorage:\n  inmemory:\n",
-            dir.path().display()
-        ),
-        Vec::new(),
-    )
-    .unwrap()
-    .config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let error = cistern::serve(&config, listener, async {})
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(&format!(
+        "http:\n  tls:\n    certificate: {0}/missing.pem\n    key: {0}/missing.key\nstorage:\n  inmemory:\n",
+        dir.path().display()
+    ))
+    .await;
     assert!(
         error.contains("missing.pem") && error.contains("http.tls"),
         "{error}"

@@ -271,6 +271,18 @@ impl Mirror {
     }
 }
 
+/// Why cistern refuses to start on this (loadable) configuration.
+pub async fn start_error(yaml: &str) -> String {
+    let config = cistern::config::Config::from_yaml(yaml, Vec::new())
+        .unwrap()
+        .config;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    cistern::serve(&config, listener, async {})
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// A scrape of `/metrics`.
 pub struct Metrics(pub String);
 

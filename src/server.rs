@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::Handle;
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
@@ -119,13 +120,20 @@ pub async fn run(
     let std_listener = into_std(listeners.api, &api_addr)?;
     let service = api.into_make_service_with_connect_info::<SocketAddr>();
     let served = match tls {
+        // TCP_NODELAY: a blob answer is written as headers then body; with Nagle's algorithm the
+        // body waits for the client's delayed ACK (40 ms per small blob).
         Some(tls) => {
-            let mut server = axum_server::from_tcp_rustls(std_listener, tls).handle(api_handle);
+            let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor);
+            let mut server = axum_server::from_tcp(std_listener)
+                .acceptor(acceptor)
+                .handle(api_handle);
             limit(server.http_builder());
             server.serve(service).await
         }
         None => {
-            let mut server = axum_server::from_tcp(std_listener).handle(api_handle);
+            let mut server = axum_server::from_tcp(std_listener)
+                .acceptor(NoDelayAcceptor)
+                .handle(api_handle);
             limit(server.http_builder());
             server.serve(service).await
         }

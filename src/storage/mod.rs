@@ -3,6 +3,7 @@
 
 mod backends;
 pub mod layout;
+mod local_read;
 mod spool;
 mod writer;
 
@@ -160,6 +161,9 @@ impl Storage {
         key: &Path,
         range: Option<Range<u64>>,
     ) -> Result<Option<StoredRead>, StorageError> {
+        if let Some(root) = &self.local_root {
+            return local_read::read_file(root, key, range).await;
+        }
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
             ..Default::default()

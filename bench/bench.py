@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""cistern against CNCF Distribution's proxy: same machine, same upstream, same data, one run.
+
+Started here: the local Docker Hub stand-in of tests/e2e (Distribution with token auth and an
+ES256 token server), Distribution in proxy mode (Debian's docker-registry, filesystem storage)
+and cistern, both with the stand-in's credentials, and nginx serving the big blob with sendfile
+as the ceiling. Run through bench/run.sh, which installs the tools and builds cistern.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import http.client
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+from build_images import ACCEPT_ALL, MT_OCI_CONFIG, MT_OCI_LAYER_GZIP, MT_OCI_MANIFEST  # noqa: E402
+from mirror import Mirror  # noqa: E402
+from standin import StandIn, free_port, http_request, spawn, terminate_pid, wait_until  # noqa: E402
+
+MIB = 1 << 20
+REPO = "bench/app"
+
+
+def random_file(path: str, size: int) -> str:
+    """Incompressible bytes (compression would flatter nobody); returns the digest."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 8 * MIB))
+            digest.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def push_blob(hub: StandIn, token: str, path: str, digest: str):
+    st, headers, body = hub.request("POST", f"/v2/{REPO}/blobs/uploads/", token, data=b"")
+    assert st == 202, (st, body)
+    location = urllib.parse.urljoin(hub.registry_url + "/", headers["Location"])
+    url = urllib.parse.urlsplit(location + ("&" if "?" in location else "?") + f"digest={digest}")
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
+    with open(path, "rb") as f:
+        conn.request("PUT", f"{url.path}?{url.query}", body=f, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
+            "Content-Length": str(os.path.getsize(path))})
+    response = conn.getresponse()
+    assert response.status == 201, (response.status, response.read()[:300])
+
+
+def push_image(hub: StandIn, workdir: str) -> dict:
+    """bench/app:latest (a small config and a 512 MiB layer) plus two cold 64 MiB blobs."""
+    token = hub.token(f"repository:{REPO}:pull,push", creds=True)
+    blobs = {}
+    for name, size in [("big", 512 * MIB), ("cold", 64 * MIB), ("herd", 64 * MIB)]:
+        path = os.path.join(workdir, name)
+        blobs[name] = (random_file(path, size), size, path)
+        push_blob(hub, token, path, blobs[name][0])
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    config_path = os.path.join(workdir, "config")
+    with open(config_path, "wb") as f:
+        f.write(config)
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    push_blob(hub, token, config_path, config_digest)
+    big_digest, big_size, _ = blobs["big"]
+    manifest = (
+        '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"%s","digest":"%s","size":%d},'
+        '"layers":[{"mediaType":"%s","digest":"%s","size":%d}]}'
+        % (MT_OCI_MANIFEST, MT_OCI_CONFIG, config_digest, len(config), MT_OCI_LAYER_GZIP, big_digest, big_size)
+    ).encode()
+    st, _, body = hub.request("PUT", f"/v2/{REPO}/manifests/latest", token,
+                              headers={"Content-Type": MT_OCI_MANIFEST}, data=manifest)
+    assert st == 201, (st, body)
+    return {"config": config_digest, "blobs": blobs}
+
+
+def wrk(url: str, accept: str | None, seconds: int) -> tuple[float, float]:
+    """(requests/s, p99 ms) with 16 connections."""
+    argv = ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", url]
+    if accept:
+        argv[1:1] = ["-H", f"Accept: {accept}"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+    p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        raise RuntimeError(f"{url}: {non_2xx.group(1)} failed responses\n{out}")
+    return rps, p99_ms
+
+
+def download(url: str, headers: dict | None = None) -> int:
+    """Bytes of one GET, read and dropped as fast as the client can."""
+    argv = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", url]
+    for name, value in (headers or {}).items():
+        argv[1:1] = ["-H", f"{name}: {value}"]
+    return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+def parallel_downloads(url: str, streams: int, headers: dict | None = None) -> tuple[float, float]:
+    """(MB/s over all streams, seconds) of `streams` simultaneous GETs."""
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        total = sum(pool.map(lambda _: download(url, headers), range(streams)))
+    elapsed = time.monotonic() - started
+    return total / MIB / elapsed, elapsed
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Nginx:
+    """nginx serving one directory with sendfile: the ceiling for a warm blob."""
+
+    def __init__(self, root: str, workdir: str):
+        self.port = free_port()
+        self.conf = os.path.join(workdir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            # `user root`: the workers must read the 0700 temporary directory this runs in.
+            f.write(f"""user root;
+worker_processes 2;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path {workdir}/nginx-body;
+  proxy_temp_path {workdir}/nginx-proxy;
+  fastcgi_temp_path {workdir}/nginx-fastcgi;
+  uwsgi_temp_path {workdir}/nginx-uwsgi;
+  scgi_temp_path {workdir}/nginx-scgi;
+  server {{ listen 127.0.0.1:{self.port}; root {root}; }}
+}}
+""")
+        self.proc = spawn(["nginx", "-c", self.conf, "-g", "daemon off;"], os.path.join(workdir, "nginx.log"),
+                          detach=False)
+        wait_until(lambda: http_request(f"http://127.0.0.1:{self.port}/missing")[0] == 404, 10,
+                   what="nginx", proc=self.proc)
+
+    def stop(self):
+        terminate_pid(self.proc.pid, proc=self.proc)
+
+
+def measure(mirror: Mirror, hub: StandIn, image: dict, seconds: int) -> dict:
+    result = {}
+    manifest_url = f"{mirror.url}/v2/{REPO}/manifests/latest"
+    config_url = f"{mirror.url}/v2/{REPO}/blobs/{image['config']}"
+    big_digest = image["blobs"]["big"][0]
+    big_url = f"{mirror.url}/v2/{REPO}/blobs/{big_digest}"
+    # Warm: each once through the mirror, so the figures below are cache hits.
+    assert http_request(manifest_url, headers={"Accept": ACCEPT_ALL})[0] == 200
+    assert http_request(config_url)[0] == 200
+    assert download(big_url) == image["blobs"]["big"][1]
+    result["manifest"] = wrk(manifest_url, ACCEPT_ALL, seconds)
+    result["config"] = wrk(config_url, None, seconds)
+    result["big1"] = parallel_downloads(big_url, 1)[0]
+    result["big8"] = parallel_downloads(big_url, 8)[0]
+    result["rss"] = peak_rss_mib(mirror.proc.pid)
+
+    cold_digest, cold_size, _ = image["blobs"]["cold"]
+    started = time.monotonic()
+    assert download(f"{mirror.url}/v2/{REPO}/blobs/{cold_digest}") == cold_size
+    result["cold"] = time.monotonic() - started
+
+    herd_digest, _, _ = image["blobs"]["herd"]
+    mark = hub.access_log_mark()
+    result["herd_time"] = parallel_downloads(f"{mirror.url}/v2/{REPO}/blobs/{herd_digest}", 20)[1]
+    result["herd_gets"] = sum(
+        1 for e in hub.access_log_entries(mark)
+        if e["method"] == "GET" and e["kind"] == "blob" and herd_digest in e.get("path", ""))
+    return result
+
+
+def direct_cold_seconds(hub: StandIn, image: dict) -> float:
+    """The cold blob straight from the stand-in, with a token, as the mirrors fetch it."""
+    token = hub.token(f"repository:{REPO}:pull", creds=True)
+    digest, size, _ = image["blobs"]["cold"]
+    started = time.monotonic()
+    got = download(f"{hub.registry_url}/v2/{REPO}/blobs/{digest}", {"Authorization": f"Bearer {token}"})
+    assert got == size
+    return time.monotonic() - started
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cistern", default=os.path.join(ROOT, "target/release/cistern"))
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "curl", "docker-registry"):
+        if not shutil.which(tool):
+            sys.exit(f"bench needs {tool}: run bench/run.sh, which installs it")
+
+    workdir = tempfile.mkdtemp(prefix="cistern-bench-")
+    try:
+        with StandIn(expires_in=3600) as hub:
+            print("pushing 512 MiB + 2 x 64 MiB of test blobs to the stand-in...", file=sys.stderr)
+            image = push_image(hub, workdir)
+            nginx = Nginx(workdir, workdir)
+            try:
+                ceiling_url = f"http://127.0.0.1:{nginx.port}/big"
+                download(ceiling_url)  # page cache
+                ceiling = (parallel_downloads(ceiling_url, 1)[0], parallel_downloads(ceiling_url, 8)[0])
+            finally:
+                nginx.stop()
+            direct = direct_cold_seconds(hub, image)
+            results = {}
+            credentials = (hub.user, hub.password)
+            for name, make in [
+                ("distribution", lambda: Mirror.distribution(hub.registry_url, credentials=credentials)),
+                ("cistern", lambda: Mirror.cistern(args.cistern, hub.registry_url, credentials=credentials)),
+            ]:
+                print(f"measuring {name}...", file=sys.stderr)
+                with make() as mirror:
+                    results[name] = measure(mirror, hub, image, args.seconds)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(results, ceiling, direct)
+
+
+def report(results: dict, ceiling: tuple[float, float], direct: float):
+    d, c = results["distribution"], results["cistern"]
+    rows = [
+        ("manifest by tag, warm, 16 conns (req/s)", d["manifest"][0], c["manifest"][0], "higher", ">= 50x"),
+        ("  p99 latency (ms)", d["manifest"][1], c["manifest"][1], "lower", "< 5 ms"),
+        ("small blob (config), warm, 16 conns (req/s)", d["config"][0], c["config"][0], "higher", ">= 20x"),
+        ("  p99 latency (ms)", d["config"][1], c["config"][1], "lower", ""),
+        (f"512 MiB warm, 1 stream (MB/s; nginx {ceiling[0]:.0f})", d["big1"], c["big1"], "higher",
+         f">= 0.95 nginx: {c['big1'] / ceiling[0]:.2f}"),
+        (f"512 MiB warm, 8 streams (MB/s; nginx {ceiling[1]:.0f})", d["big8"], c["big8"], "higher",
+         f">= 0.95 nginx: {c['big8'] / ceiling[1]:.2f}"),
+        (f"64 MiB cold (s; direct {direct:.2f})", d["cold"], c["cold"], "lower",
+         f"<= 1.2x direct: {c['cold'] / direct:.2f}x"),
+        ("20 clients on one cold 64 MiB blob (s)", d["herd_time"], c["herd_time"], "lower", ""),
+        ("  upstream GETs", d["herd_gets"], c["herd_gets"], "lower", "1"),
+        ("peak RSS while serving (MiB)", d["rss"], c["rss"], "lower", "< 64 MiB"),
+    ]
+    print(f"\nmachine: {machine()}")
+    print(f"| measure | Distribution 2.8 proxy | cistern | cistern vs Distribution | target |")
+    print("|---|---:|---:|---:|---|")
+    for label, dv, cv, better, target in rows:
+        if better == "higher":
+            ratio = f"{cv / dv:.1f}x" if dv else "-"
+        else:
+            ratio = f"{dv / cv:.1f}x better" if cv else "-"
+        print(f"| {label} | {dv:,.2f} | {cv:,.2f} | {ratio} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -54,10 +54,14 @@ impl Endpoint {
     pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         let read = *method == Method::GET || *method == Method::HEAD;
         let head = *method == Method::HEAD;
-        let rest = path
-            .strip_prefix("/v2")
-            .ok_or_else(|| ApiError::not_found(path))?;
-        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        // `/v2` or `/v2/...`; not `/v2alpine/...`, which is no registry API path.
+        let rest = match path.strip_prefix("/v2") {
+            Some("") => "",
+            Some(rest) => rest
+                .strip_prefix('/')
+                .ok_or_else(|| ApiError::not_found(path))?,
+            None => return Err(ApiError::not_found(path)),
+        };
         if rest.is_empty() {
             return read.then_some(Endpoint::Base).ok_or_else(read_only);
         }
@@ -70,13 +74,17 @@ impl Endpoint {
                 .then_some(Endpoint::Tags { repo })
                 .ok_or_else(read_only);
         }
-        if let Some((name, _)) = rest.split_once("/blobs/uploads") {
+        if let Some(name) = upload_name(rest) {
             RepoName::parse(name).map_err(ApiError::name_invalid)?;
             return Err(ApiError::unsupported(
                 "cistern is a read-only pull-through mirror: blob uploads are not supported",
             ));
         }
-        if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        // A reference or digest never contains '/': the last segment is it, and what comes
+        // before must end in `/manifests` or `/blobs` (a name may contain those words).
+        let (before, last) = rest.rsplit_once('/').unwrap_or(("", rest));
+        if let Some(name) = before.strip_suffix("/manifests") {
+            let reference = last;
             let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
             let reference = parse_reference(reference)?;
             if !read {
@@ -88,7 +96,8 @@ impl Endpoint {
                 head,
             });
         }
-        if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+        if let Some(name) = before.strip_suffix("/blobs") {
+            let digest = last;
             let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
             let digest = digest.parse().map_err(ApiError::digest_invalid)?;
             if !read {
@@ -98,6 +107,16 @@ impl Endpoint {
         }
         Err(ApiError::not_found(path))
     }
+}
+
+/// The name in `<name>/blobs/uploads`, `<name>/blobs/uploads/` or
+/// `<name>/blobs/uploads/<session>`, read from the right like every other endpoint, so a
+/// repository that has `blobs/uploads` (or `blobs/uploadsfoo`) inside its name is not an upload.
+fn upload_name(rest: &str) -> Option<&str> {
+    rest.strip_suffix("/blobs/uploads").or_else(|| {
+        let (head, _session) = rest.rsplit_once('/')?;
+        head.strip_suffix("/blobs/uploads")
+    })
 }
 
 /// A reference with a `:` can only be a digest; anything else must be a tag.
@@ -295,6 +314,43 @@ mod tests {
                 "{method} {path}"
             );
         }
+    }
+
+    /// Regressions the property tests found: `/v2` is a whole segment, and paths are read
+    /// from the right even when the name contains the path's own words.
+    #[test]
+    fn v2_must_be_a_whole_segment() {
+        for path in [
+            "/v2_catalog",
+            "/v2alpine/manifests/latest",
+            "/v2x/",
+            "/v22/",
+        ] {
+            let err = Endpoint::parse(&Method::GET, path).unwrap_err();
+            assert_eq!(err.code(), "NOT_FOUND", "{path}");
+        }
+    }
+
+    #[test]
+    fn path_words_inside_a_name_are_part_of_it() {
+        assert_eq!(
+            Endpoint::parse(&Method::GET, "/v2/a/blobs/uploadsx/manifests/v1").unwrap(),
+            Endpoint::Manifest {
+                repo: name("a/blobs/uploadsx"),
+                reference: tag("v1"),
+                head: false,
+            }
+        );
+        assert_eq!(
+            Endpoint::parse(&Method::GET, &format!("/v2/a/manifests/blobs/{D}")).unwrap(),
+            Endpoint::Blob {
+                repo: name("a/manifests"),
+                digest: D.parse().unwrap(),
+                head: false,
+            }
+        );
+        let err = Endpoint::parse(&Method::POST, "/v2/a/blobs/uploads/blobs/uploads/").unwrap_err();
+        assert_eq!(err.code(), "UNSUPPORTED");
     }
 }
 

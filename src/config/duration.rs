@@ -26,12 +26,23 @@ pub fn deserialize_optional<'de, D: Deserializer<'de>>(
     }
 }
 
+/// The longest duration Distribution (Go's `time.Duration`, int64 nanoseconds) can express,
+/// about 292 years. Longer values are refused: nothing could mean them, and the caches that
+/// take these durations have limits of their own (moka panics past 1000 years).
+pub const MAX: Duration = Duration::from_nanos(i64::MAX as u64);
+
 fn parse(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration such as 90s, 10m or 168h: {e}"))
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as 90s, 10m or 168h: {e}"))?;
+    if duration > MAX {
+        return Err(format!(
+            "{text:?} is longer than the longest duration Distribution accepts (2562047h)"
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -45,6 +56,17 @@ mod tests {
         assert_eq!(parse("0").unwrap(), Duration::ZERO);
         assert!(parse("soon").is_err());
     }
+
+    /// `proxy.notfoundttl: 1001y` passed validation and then panicked in moka at start.
+    #[test]
+    fn durations_past_go_s_limit_are_refused() {
+        assert_eq!(
+            parse("2562047h").unwrap(),
+            Duration::from_secs(2562047 * 3600)
+        );
+        assert!(parse("2562048h").is_err());
+        assert!(parse("1001y").is_err());
+    }
 }
 
 #[cfg(test)]
@@ -55,7 +77,9 @@ mod properties {
     proptest! {
         #[test]
         fn any_text_parses_or_fails_without_panicking(text in any::<String>()) {
-            let _ = parse(&text);
+            if let Ok(duration) = parse(&text) {
+                prop_assert!(duration <= MAX);
+            }
         }
 
         #[test]

@@ -215,6 +215,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cistern", default=os.path.join(ROOT, "target/release/cistern"))
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--only", choices=["cistern", "distribution"], help="measure one server")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "curl", "docker-registry"):
         if not shutil.which(tool):
@@ -239,6 +240,8 @@ def main():
                 ("distribution", lambda: Mirror.distribution(hub.registry_url, credentials=credentials)),
                 ("cistern", lambda: Mirror.cistern(args.cistern, hub.registry_url, credentials=credentials)),
             ]:
+                if args.only and name != args.only:
+                    continue
                 print(f"measuring {name}...", file=sys.stderr)
                 with make() as mirror:
                     results[name] = measure(mirror, hub, image, args.seconds)
@@ -248,7 +251,9 @@ def main():
 
 
 def report(results: dict, ceiling: tuple[float, float], direct: float):
-    d, c = results["distribution"], results["cistern"]
+    nan = float("nan")
+    missing = {k: (nan, nan) if isinstance(v, tuple) else nan for k, v in next(iter(results.values())).items()}
+    d, c = results.get("distribution", missing), results.get("cistern", missing)
     rows = [
         ("manifest by tag, warm, 16 conns (req/s)", d["manifest"][0], c["manifest"][0], "higher", ">= 50x"),
         ("  p99 latency (ms)", d["manifest"][1], c["manifest"][1], "lower", "< 5 ms"),

@@ -45,8 +45,8 @@ pub async fn log_requests(
     let path = request
         .uri()
         .path_and_query()
-        .map_or("/", |path_and_query| path_and_query.as_str())
-        .to_owned();
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    let path = shortened(path);
     // Lines logged while the request is handled (a fill failing, a stale tag) carry its id.
     let span = tracing::info_span!("request", id = %id.0);
     let mut response = next.run(request).instrument(span).await;
@@ -75,6 +75,16 @@ pub async fn log_requests(
             line: Some(line),
         })
     })
+}
+
+/// Paths longer than any valid request (refused with 414) are cut, so one request cannot
+/// write a 64 KiB log line.
+fn shortened(path: &str) -> String {
+    const MAX: usize = 1024;
+    match path.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &path[..cut], path.len()),
+        None => path.to_owned(),
+    }
 }
 
 /// Everything the line needs, held until the body is done.

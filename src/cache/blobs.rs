@@ -173,6 +173,10 @@ impl Cache {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>, CacheError> {
+        // A blob read after its content expired is noticed by the read, which fills it again.
+        if let Some(size) = self.inner.hot.blob_size(repo, digest) {
+            return Ok(Some(size));
+        }
         let Some(size) = self.storage().size_of(&layout::content(digest)).await? else {
             return Ok(None);
         };
@@ -184,6 +188,7 @@ impl Cache {
                 .write_record(&link_key, &BlobLink { size })
                 .await?;
         }
+        self.inner.hot.keep_blob(repo, digest, size);
         Ok(Some(size))
     }
 }

@@ -87,10 +87,19 @@ impl Cache {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<(Digest, TagRecord)>, CacheError> {
-        let record: Option<TagRecord> = self
-            .storage()
-            .read_record(&layout::tag_record(repo, tag))
-            .await?;
+        let record = match self.inner.hot.tag(repo, tag).filter(|r| self.is_fresh(r)) {
+            Some(record) => Some(record),
+            None => {
+                let stored: Option<TagRecord> = self
+                    .storage()
+                    .read_record(&layout::tag_record(repo, tag))
+                    .await?;
+                if let Some(record) = &stored {
+                    self.inner.hot.keep_tag(repo, tag, record);
+                }
+                stored
+            }
+        };
         Ok(record
             .filter(|r| self.is_fresh(r))
             .and_then(|r| Some((r.digest.parse::<Digest>().ok()?, r))))
@@ -219,6 +228,7 @@ impl Cache {
         {
             Ok(head) => head,
             Err(e) if e.is_not_found() => {
+                self.inner.hot.forget_tag(repo, tag);
                 self.storage()
                     .delete(&layout::tag_record(repo, tag))
                     .await?;
@@ -262,6 +272,7 @@ impl Cache {
         self.storage()
             .write_record(&layout::tag_record(repo, tag), &record)
             .await?;
+        self.inner.hot.keep_tag(repo, tag, &record);
         Ok(())
     }
 
@@ -311,6 +322,9 @@ impl Cache {
         }
         self.link_manifest(repo, &digest, &fetched.media_type, size)
             .await?;
+        self.inner
+            .hot
+            .keep_manifest(repo, &digest, &fetched.media_type, &fetched.bytes);
         Ok(ManifestAnswer {
             digest,
             media_type: fetched.media_type,
@@ -344,6 +358,15 @@ impl Cache {
         digest: &Digest,
         want_body: bool,
     ) -> Result<Option<ManifestAnswer>, CacheError> {
+        if let Some(hot) = self.inner.hot.manifest(repo, digest) {
+            return Ok(Some(ManifestAnswer {
+                digest: digest.clone(),
+                media_type: hot.media_type.clone(),
+                size: hot.bytes.len() as u64,
+                body: want_body.then(|| hot.bytes.clone()),
+                outcome: Outcome::Hit,
+            }));
+        }
         let link: Option<ManifestLink> = self
             .storage()
             .read_record(&layout::manifest_link(repo, digest))
@@ -352,7 +375,12 @@ impl Cache {
         let content = layout::content(digest);
         let (size, body) = if want_body {
             match self.storage().read_small(&content).await? {
-                Some(bytes) => (bytes.len() as u64, Some(bytes)),
+                Some(bytes) => {
+                    self.inner
+                        .hot
+                        .keep_manifest(repo, digest, &link.media_type, &bytes);
+                    (bytes.len() as u64, Some(bytes))
+                }
                 None => return Ok(None),
             }
         } else {

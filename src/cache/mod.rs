@@ -4,6 +4,7 @@
 mod blobs;
 mod expiry;
 mod fill;
+mod hot;
 mod inflight;
 mod keyed_lock;
 mod manifests;
@@ -82,6 +83,7 @@ struct Inner {
     inflight: InFlight,
     manifest_turns: KeyedLock<ManifestKey>,
     not_found: NotFound,
+    hot: hot::Hot,
     metrics: Metrics,
 }
 
@@ -100,6 +102,7 @@ impl Cache {
                 inflight: InFlight::default(),
                 manifest_turns: KeyedLock::default(),
                 not_found: NotFound::new(proxy.not_found_ttl),
+                hot: hot::Hot::default(),
                 metrics,
             }),
         }

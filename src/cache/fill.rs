@@ -13,12 +13,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::pipeline::Pipeline;
 use super::records::BlobLink;
 use super::{Cache, CacheError};
-use crate::registry::{Digest, DigestHasher, RepoName};
+use crate::registry::{Digest, RepoName};
 use crate::storage::{layout, ContentWriter, SpoolFile, SpoolReader};
 use crate::upstream::Resumed;
 
@@ -26,8 +27,6 @@ use crate::upstream::Resumed;
 const MAX_RESUMES: u32 = 4;
 /// The first wait before resuming; it doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// Bytes gathered from upstream before one write to the spool (less if upstream pauses).
-const WRITE_BATCH: usize = 256 * 1024;
 
 /// How far a fill got; readers watch it change.
 #[derive(Clone, Debug)]
@@ -87,7 +86,7 @@ impl Fill {
             url: cache.upstream().blob_url(repo, digest),
             spool,
             upload: None,
-            progress: progress_tx,
+            progress: Arc::new(progress_tx),
         };
         tokio::spawn(task.run());
         Ok(fill)
@@ -133,7 +132,7 @@ struct FillTask {
     /// On an object store: the multipart upload the blob streams into as it arrives, completed
     /// only after the digest matched. None on the filesystem, where the spool is renamed.
     upload: Option<ContentWriter>,
-    progress: watch::Sender<Progress>,
+    progress: Arc<watch::Sender<Progress>>,
 }
 
 /// Why receiving a body stopped early.
@@ -161,7 +160,8 @@ impl FillTask {
         match self.fetch().await {
             Ok(size) => {
                 // Stored before the last byte goes out: a client that has the whole blob can
-                // count on the next request being served from the cache.
+                // count on the next request being served from the cache (or from the other
+                // replicas on the bucket), and a drained shutdown loses no finished fill.
                 self.commit(size).await;
                 self.progress.send_modify(|p| p.state = FillState::Verified);
             }
@@ -183,21 +183,62 @@ impl FillTask {
     /// Downloads the whole blob into the spool, resuming when the connection drops; returns
     /// its verified size.
     async fn fetch(&mut self) -> Result<u64, CacheError> {
-        let cache = self.cache.clone();
-        let upstream = cache.upstream();
-        let mut response = upstream.get_blob(&self.repo, &self.digest).await?;
+        let response = self
+            .cache
+            .upstream()
+            .get_blob(&self.repo, &self.digest)
+            .await?;
         let total = response.content_length();
         self.progress.send_modify(|p| {
             p.total = total;
             p.state = FillState::Receiving;
         });
-        let mut hasher = self.digest.hasher();
+        let pipeline = Pipeline::start(
+            self.digest.hasher(),
+            self.spool.appender(),
+            self.progress.clone(),
+        );
+        let downloaded = self.download(&pipeline, response, total).await;
+        let finished = pipeline.finish().await;
+        // A spool that could not be written explains a download that stopped early.
+        finished
+            .written
+            .map_err(|source| self.spool_error(source))?;
+        let received = downloaded?;
+        if let Some(expected) = total.filter(|t| *t != received) {
+            return Err(CacheError::SizeMismatch {
+                url: self.url.clone(),
+                expected,
+                actual: received,
+            });
+        }
+        if finished.digest != self.digest {
+            return Err(CacheError::DigestMismatch {
+                what: "blob",
+                url: self.url.clone(),
+                expected: self.digest.clone(),
+                actual: finished.digest,
+            });
+        }
+        Ok(received)
+    }
+
+    /// Feeds the whole body to the pipeline, resuming with a range request when it breaks
+    /// off; returns how many bytes were received.
+    async fn download(
+        &mut self,
+        pipeline: &Pipeline,
+        mut response: reqwest::Response,
+        total: Option<u64>,
+    ) -> Result<u64, CacheError> {
+        let cache = self.cache.clone();
+        let upstream = cache.upstream();
         let mut received = 0;
         let mut skip = 0;
         let mut resumes = 0;
         loop {
             let interrupted = match self
-                .receive(response, skip, total, &mut hasher, &mut received)
+                .receive(pipeline, response, skip, total, &mut received)
                 .await
             {
                 Ok(()) => match total {
@@ -210,7 +251,7 @@ impl FillTask {
                 Err(Interrupted::Fatal(e)) => return Err(e),
             };
             let Some(mut reason) = interrupted else {
-                break;
+                return Ok(received);
             };
             // Resume from what we have; each failed attempt counts against the bound.
             loop {
@@ -240,109 +281,56 @@ impl FillTask {
                 break;
             }
         }
-        if let Some(expected) = total.filter(|t| *t != received) {
-            return Err(CacheError::SizeMismatch {
-                url: self.url.clone(),
-                expected,
-                actual: received,
-            });
-        }
-        let actual = hasher.finish();
-        if actual != self.digest {
-            return Err(CacheError::DigestMismatch {
-                what: "blob",
-                url: self.url.clone(),
-                expected: self.digest.clone(),
-                actual,
-            });
-        }
-        Ok(received)
     }
 
-    /// Appends one response body to the spool, after dropping its first `skip` bytes.
+    /// Feeds one response body to the pipeline, after dropping its first `skip` bytes.
     async fn receive(
         &mut self,
+        pipeline: &Pipeline,
         response: reqwest::Response,
         mut skip: u64,
         total: Option<u64>,
-        hasher: &mut DigestHasher,
         received: &mut u64,
     ) -> Result<(), Interrupted> {
         let mut body = response.bytes_stream();
-        let mut ended = false;
-        while !ended {
-            // Wait for some bytes, then take whatever else is ready without waiting, so a
-            // slow upstream's bytes reach readers at once and a fast one's in large writes.
-            let mut next = body.next().await;
-            let mut batch = Vec::new();
-            loop {
-                match next {
-                    None => {
-                        ended = true;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        self.append(batch, hasher, received).await?;
-                        let reason = format!("{}", e.without_url());
-                        return Err(Interrupted::Upstream(reason));
-                    }
-                    Some(Ok(chunk)) => {
-                        let drop = skip.min(chunk.len() as u64);
-                        skip -= drop;
-                        batch.extend_from_slice(&chunk[drop as usize..]);
-                    }
-                }
-                if batch.len() >= WRITE_BATCH {
-                    break;
-                }
-                match body.next().now_or_never() {
-                    Some(item) => next = item,
-                    None => break,
+        while let Some(item) = body.next().await {
+            let mut chunk =
+                item.map_err(|e| Interrupted::Upstream(format!("{}", e.without_url())))?;
+            let dropped = skip.min(chunk.len() as u64);
+            skip -= dropped;
+            let chunk = chunk.split_off(dropped as usize);
+            let len = chunk.len() as u64;
+            if let Some(total) = total.filter(|total| *received + len > *total) {
+                return Err(Interrupted::Fatal(CacheError::SizeMismatch {
+                    url: self.url.clone(),
+                    expected: total,
+                    actual: *received + len,
+                }));
+            }
+            if let Some(upload) = self.upload.as_mut() {
+                if let Err(e) = upload.write(&chunk).await {
+                    self.cache.metrics().storage_error("fill");
+                    tracing::error!(error = %e, "cannot store the blob; serving it uncached");
+                    self.upload.take().expect("upload present").abort().await;
                 }
             }
-            if let Some(total) = total {
-                if *received + batch.len() as u64 > total {
-                    return Err(Interrupted::Fatal(CacheError::SizeMismatch {
-                        url: self.url.clone(),
-                        expected: total,
-                        actual: *received + batch.len() as u64,
-                    }));
-                }
+            if pipeline.push(chunk).await.is_err() {
+                // fetch() reports the writer's own error.
+                return Err(Interrupted::Fatal(
+                    self.spool_error(std::io::Error::other("the spool writer stopped")),
+                ));
             }
-            self.append(batch, hasher, received).await?;
+            self.cache.metrics().upstream_bytes(len);
+            *received += len;
         }
         Ok(())
     }
 
-    async fn append(
-        &mut self,
-        batch: Vec<u8>,
-        hasher: &mut DigestHasher,
-        received: &mut u64,
-    ) -> Result<(), Interrupted> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        hasher.update(&batch);
-        let len = batch.len() as u64;
-        if let Some(upload) = self.upload.as_mut() {
-            if let Err(e) = upload.write(&batch).await {
-                self.cache.metrics().storage_error("fill");
-                tracing::error!(error = %e, "cannot store the blob; serving it uncached");
-                self.upload.take().expect("upload present").abort().await;
-            }
-        }
-        self.spool.append(batch).await.map_err(|source| {
-            Interrupted::Fatal(CacheError::Storage(crate::storage::StorageError::Io {
-                key: self.spool.path().display().to_string(),
-                source,
-            }))
-        })?;
-        self.cache.metrics().upstream_bytes(len);
-        *received += len;
-        let written = *received;
-        self.progress.send_modify(|p| p.written = written);
-        Ok(())
+    fn spool_error(&self, source: std::io::Error) -> CacheError {
+        CacheError::Storage(crate::storage::StorageError::Io {
+            key: self.spool.path().display().to_string(),
+            source,
+        })
     }
 
     /// Stores the verified blob (renaming the spool, or completing the upload) and links it to

@@ -10,6 +10,7 @@ mod keyed_lock;
 mod manifests;
 mod not_found;
 mod outcome;
+mod pipeline;
 mod records;
 mod tags;
 mod tail;

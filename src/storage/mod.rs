@@ -20,7 +20,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use spool::{SpoolDir, SpoolFile, SpoolReader};
+pub use spool::{SpoolAppender, SpoolDir, SpoolFile, SpoolReader};
 pub use writer::ContentWriter;
 
 /// A storage failure, naming the key it happened on.

@@ -6,6 +6,8 @@
 
 use std::fs::File;
 use std::io::Write;
+#[cfg(target_os = "linux")]
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,12 +95,13 @@ pub struct SpoolFile {
 }
 
 impl SpoolFile {
-    /// Appends `bytes` (on a blocking thread: disks block).
-    pub async fn append(&self, bytes: Vec<u8>) -> std::io::Result<()> {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || (&*writer).write_all(&bytes))
-            .await
-            .map_err(std::io::Error::other)?
+    /// The handle a fill's writer thread appends with.
+    pub fn appender(&self) -> SpoolAppender {
+        SpoolAppender {
+            file: self.writer.clone(),
+            written: 0,
+            handed_to_disk: 0,
+        }
     }
 
     /// A handle for positional reads, valid even after the file was renamed or deleted.
@@ -130,6 +133,53 @@ impl Drop for SpoolFile {
             // Readers keep their handle; the bytes go once the last one is closed.
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Written bytes are handed to the disk in steps of this size while the fill goes on.
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+
+/// The write end of a spool file, for the one thread that fills it (it blocks: disks block).
+pub struct SpoolAppender {
+    file: Arc<File>,
+    written: u64,
+    /// Bytes before this offset are already on their way to the disk.
+    handed_to_disk: u64,
+}
+
+impl SpoolAppender {
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        (&*self.file).write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        if self.written - self.handed_to_disk >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+        Ok(())
+    }
+
+    /// Starts writing what was appended to the disk without waiting for it, so the fsync
+    /// that commits the blob finds little left to do: it ran at the end of every cold fill,
+    /// after the last byte arrived, for the whole blob.
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&mut self) {
+        let (offset, len) = (self.handed_to_disk, self.written - self.handed_to_disk);
+        // SAFETY: a plain syscall on a file descriptor this handle keeps open; no memory is
+        // passed. It is only advice: when it fails, the fsync at commit does all the work.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.handed_to_disk = self.written;
+    }
+
+    /// Elsewhere the fsync at commit does all the writing.
+    #[cfg(not(target_os = "linux"))]
+    fn start_writeback(&mut self) {
+        self.handed_to_disk = self.written;
     }
 }
 

@@ -234,6 +234,7 @@ def main():
             print(f"pushing 512 MiB + {args.cold_samples + 1} x 64 MiB of test blobs to the stand-in...",
                   file=sys.stderr)
             image = push_image(hub, workdir, args.cold_samples)
+            os.sync()  # the pushed GiB written back now, not during the measurements
             nginx = Nginx(workdir, workdir)
             try:
                 ceiling_url = f"http://127.0.0.1:{nginx.port}/big"

@@ -112,3 +112,45 @@ async fn a_blob_cached_for_one_repository_is_not_served_through_another() {
         "downloaded once in all"
     );
 }
+
+#[tokio::test]
+async fn a_config_damaged_on_disk_is_fetched_again_never_served() {
+    let up = FakeUpstream::start().await;
+    let image = add_image(&up, "org/app", Some("v1"), OCI_MANIFEST, "app");
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    mirror.pull("org/app", "v1").await;
+    let config = &image.blobs[0];
+    let stored = mirror.content_path(config);
+    let good = std::fs::read(&stored).unwrap();
+    let mut damaged = good.clone();
+    damaged[0] ^= 0xff;
+    std::fs::write(&stored, &damaged).unwrap();
+
+    let path = format!("/v2/org/app/blobs/{config}");
+    let response = mirror.get(&path).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.unwrap() == good,
+        "the upstream bytes, not the damaged ones"
+    );
+    let upstream_gets = || up.count(Method::GET, &format!("/blobs/{config}"));
+    assert_eq!(upstream_gets(), 2, "fetched again");
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        good,
+        "the stored copy is repaired"
+    );
+
+    // From memory now: exact bytes and ranges, no further upstream request.
+    for _ in 0..3 {
+        assert!(mirror.get(&path).await.bytes().await.unwrap() == good);
+    }
+    let part = mirror.get_range(&path, "bytes=2-5").await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        header(&part, "content-range"),
+        format!("bytes 2-5/{}", good.len())
+    );
+    assert_eq!(part.bytes().await.unwrap(), good[2..6]);
+    assert_eq!(upstream_gets(), 2);
+}

@@ -62,13 +62,7 @@ async fn cached_blobs_serve_ranges_and_heads_from_the_bucket() {
 
     let head = b.head(&path).await;
     assert_eq!(header(&head, "content-length"), whole.len().to_string());
-    let part = b
-        .http
-        .get(format!("{}{path}", b.url))
-        .header("range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
+    let part = b.get_range(&path, "bytes=10-19").await;
     assert_eq!(part.status(), 206);
     assert_eq!(
         header(&part, "content-range"),

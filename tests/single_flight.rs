@@ -104,13 +104,7 @@ async fn head_and_range_of_an_in_flight_blob_answer_from_the_fill() {
     assert_eq!(header(&head, "content-length"), bytes.len().to_string());
     assert_eq!(header(&head, "docker-content-digest"), digest);
 
-    let range = mirror
-        .http
-        .get(format!("{}{path}", mirror.url))
-        .header("range", "bytes=1000-1999")
-        .send()
-        .await
-        .unwrap();
+    let range = mirror.get_range(&path, "bytes=1000-1999").await;
     assert_eq!(range.status(), 206);
     assert_eq!(
         header(&range, "content-range"),
@@ -135,13 +129,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_fill() {
     body.next().await.unwrap().unwrap();
     drop(body);
     // A Range client closing early, as containerd's chunked pulls do.
-    let partial = mirror
-        .http
-        .get(format!("{}{path}", mirror.url))
-        .header("range", "bytes=0-")
-        .send()
-        .await
-        .unwrap();
+    let partial = mirror.get_range(&path, "bytes=0-").await;
     drop(partial);
 
     until("the blob is cached", || mirror.has_content(&digest)).await;

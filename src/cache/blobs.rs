@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 
 use super::fill::Fill;
+use super::hot::SMALL_BLOB;
 use super::records::BlobLink;
 use super::{Cache, CacheError, Outcome};
 use crate::registry::{Digest, RepoName};
@@ -83,6 +85,15 @@ impl Cache {
     ) -> Result<BlobAnswer, CacheError> {
         let result = async {
             match self.locate(repo, digest).await? {
+                Source::Stored(size) if size <= SMALL_BLOB => {
+                    match self.small_blob(digest).await? {
+                        Some(bytes) => from_memory(bytes, range),
+                        None => {
+                            let (fill, outcome) = self.start_fill(repo, digest).await?;
+                            self.answer_from_fill(fill, range, outcome).await
+                        }
+                    }
+                }
                 Source::Stored(size) => {
                     let part = resolve(range, Some(size))?;
                     let key = layout::content(digest);
@@ -191,6 +202,21 @@ impl Cache {
         self.inner.hot.keep_blob(repo, digest, size);
         Ok(Some(size))
     }
+}
+
+/// A small blob held in memory, whole or the part asked for.
+fn from_memory(bytes: Bytes, range: Option<ByteRange>) -> Result<BlobAnswer, CacheError> {
+    let part = resolve(range, Some(bytes.len() as u64))?;
+    let body = match &part {
+        Some(part) => bytes.slice(part.start as usize..part.end as usize),
+        None => bytes.clone(),
+    };
+    Ok(BlobAnswer {
+        total_size: Some(bytes.len() as u64),
+        partial: part,
+        body: futures::stream::once(async move { Ok(body) }).boxed(),
+        outcome: Outcome::Hit,
+    })
 }
 
 /// The part of a blob of `size` bytes a Range asks for; the whole blob when there is no Range

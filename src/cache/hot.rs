@@ -1,5 +1,6 @@
-//! Hot metadata in memory: tag records, manifests and blob links recently read or written, so a
-//! warm pull by tag costs no storage round trip but the blob reads themselves. Storage stays the truth: entries live at most
+//! Hot metadata in memory: tag records, manifests, blob links and small blobs (image configs)
+//! recently read or written, so a warm pull by tag costs no storage round trip but the reads of
+//! layers. Storage stays the truth: entries live at most
 //! `KEEP_FOR`, a record that is no longer fresh is read again from storage (another replica
 //! may have revalidated it), and manifests are immutable by digest.
 
@@ -15,6 +16,10 @@ use crate::registry::{Digest, RepoName, Tag};
 const KEEP_FOR: Duration = Duration::from_secs(60);
 /// Manifest bytes kept in memory at most.
 const MAX_MANIFEST_BYTES: u64 = 32 * 1024 * 1024;
+/// Blobs up to this size are kept in memory once read: image configs, which every pull reads.
+pub const SMALL_BLOB: u64 = 256 * 1024;
+/// Small blob bytes kept in memory at most.
+const MAX_SMALL_BLOB_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_TAGS: u64 = 100_000;
 const MAX_BLOBS: u64 = 100_000;
 
@@ -30,6 +35,9 @@ pub struct Hot {
     tags: moka::sync::Cache<(RepoName, Tag), TagRecord>,
     /// Blobs this repository may serve, and their sizes.
     blobs: moka::sync::Cache<(RepoName, Digest), u64>,
+    /// Verified bytes of small blobs, by digest only: whether a repository may serve one is
+    /// still asked of `blobs` (or storage) first.
+    small_blobs: moka::sync::Cache<Digest, Bytes>,
 }
 
 impl Default for Hot {
@@ -46,6 +54,11 @@ impl Default for Hot {
                 .build(),
             blobs: moka::sync::Cache::builder()
                 .max_capacity(MAX_BLOBS)
+                .time_to_live(KEEP_FOR)
+                .build(),
+            small_blobs: moka::sync::Cache::builder()
+                .max_capacity(MAX_SMALL_BLOB_BYTES)
+                .weigher(|_, b: &Bytes| b.len().try_into().unwrap_or(u32::MAX))
                 .time_to_live(KEEP_FOR)
                 .build(),
         }
@@ -72,6 +85,14 @@ impl Hot {
 
     pub fn keep_blob(&self, repo: &RepoName, digest: &Digest, size: u64) {
         self.blobs.insert((repo.clone(), digest.clone()), size);
+    }
+
+    pub fn small_blob(&self, digest: &Digest) -> Option<Bytes> {
+        self.small_blobs.get(digest)
+    }
+
+    pub fn keep_small_blob(&self, digest: &Digest, bytes: &Bytes) {
+        self.small_blobs.insert(digest.clone(), bytes.clone());
     }
 
     pub fn tag(&self, repo: &RepoName, tag: &Tag) -> Option<TagRecord> {

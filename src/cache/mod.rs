@@ -12,6 +12,7 @@ mod not_found;
 mod outcome;
 mod pipeline;
 mod records;
+mod small_blobs;
 mod tags;
 mod tail;
 

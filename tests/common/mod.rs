@@ -170,6 +170,16 @@ impl Mirror {
             .unwrap()
     }
 
+    /// A GET with `Range: {range}` (e.g. `bytes=10-19`).
+    pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn head(&self, path: &str) -> reqwest::Response {
         self.http
             .head(format!("{}{path}", self.url))
@@ -252,12 +262,13 @@ impl Mirror {
 
     /// Whether a blob or manifest's content is stored.
     pub fn has_content(&self, digest: &str) -> bool {
+        self.content_path(digest).exists()
+    }
+
+    /// Where the filesystem store keeps a blob or manifest's content.
+    pub fn content_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        self.storage
-            .join("blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .exists()
+        self.storage.join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
     /// Every cached file under the storage root, relative to it (not `_cistern/`, cistern's

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import http.client
 import os
@@ -164,47 +165,88 @@ http {{
         terminate_pid(self.proc.pid, proc=self.proc)
 
 
-def measure(mirror: Mirror, hub: StandIn, image: dict, seconds: int) -> dict:
-    result = {}
-    manifest_url = f"{mirror.url}/v2/{REPO}/manifests/latest"
-    config_url = f"{mirror.url}/v2/{REPO}/blobs/{image['config']}"
-    big_digest = image["blobs"]["big"][0]
-    big_url = f"{mirror.url}/v2/{REPO}/blobs/{big_digest}"
-    # Warm: each once through the mirror, so the figures below are cache hits.
-    assert http_request(manifest_url, headers={"Accept": ACCEPT_ALL})[0] == 200
-    assert http_request(config_url)[0] == 200
-    assert download(big_url) == image["blobs"]["big"][1]
-    result["manifest"] = wrk(manifest_url, ACCEPT_ALL, seconds)
-    result["config"] = wrk(config_url, None, seconds)
-    result["big1"] = parallel_downloads(big_url, 1)[0]
-    result["big8"] = parallel_downloads(big_url, 8)[0]
-    result["rss"] = peak_rss_mib(mirror.proc.pid)
+def measure(mirrors: dict, hub: StandIn, image: dict, seconds: int, ceiling_url: str) -> tuple[dict, dict]:
+    """Every figure of every server, one measure at a time for all of them (and the cold blobs
+    one blob at a time), so a machine whose pace changes during the run weighs on all alike.
+    Returns the figures per server and the references: nginx's MB/s and the direct cold time."""
+    results = {name: {} for name in mirrors}
+    urls = {name: {
+        "manifest": f"{m.url}/v2/{REPO}/manifests/latest",
+        "config": f"{m.url}/v2/{REPO}/blobs/{image['config']}",
+        "big": f"{m.url}/v2/{REPO}/blobs/{image['blobs']['big'][0]}",
+    } for name, m in mirrors.items()}
+    for url in urls.values():
+        # Warm: each once through the mirror, so the figures below are cache hits.
+        assert http_request(url["manifest"], headers={"Accept": ACCEPT_ALL})[0] == 200
+        assert http_request(url["config"])[0] == 200
+        assert download(url["big"]) == image["blobs"]["big"][1]
+    for name in mirrors:
+        results[name]["manifest"] = wrk(urls[name]["manifest"], ACCEPT_ALL, seconds)
+    for name in mirrors:
+        results[name]["config"] = wrk(urls[name]["config"], None, seconds)
 
-    result["cold"] = median_seconds(mirror.url, image["cold"])
+    reference = {}
+    download(ceiling_url)  # into the page cache, as the mirrors' copies are
+    for streams, key in [(1, "big1"), (8, "big8")]:
+        reference[key] = parallel_downloads(ceiling_url, streams)[0]
+        for name in mirrors:
+            results[name][key] = parallel_downloads(urls[name]["big"], streams)[0]
+    for name, m in mirrors.items():
+        results[name]["rss"] = peak_rss_mib(m.proc.pid)
 
-    herd_digest, _, _ = image["blobs"]["herd"]
-    mark = hub.access_log_mark()
-    result["herd_time"] = parallel_downloads(f"{mirror.url}/v2/{REPO}/blobs/{herd_digest}", 20)[1]
-    result["herd_gets"] = sum(
-        1 for e in hub.access_log_entries(mark)
-        if e["method"] == "GET" and e["kind"] == "blob" and herd_digest in e.get("path", ""))
-    return result
+    upstream_auth = {"Authorization": f"Bearer {hub.token(f'repository:{REPO}:pull', creds=True)}"}
+    cold = {name: [] for name in ["direct", *mirrors]}
+    for digest, size, _ in image["cold"]:
+        cold["direct"].append(timed_download(hub.registry_url, digest, size, upstream_auth))
+        for name, m in mirrors.items():
+            settle(mirrors)
+            cold[name].append(timed_download(m.url, digest, size))
+    reference["cold"] = statistics.median(cold["direct"])
+    for name in mirrors:
+        results[name]["cold"] = statistics.median(cold[name])
+
+    herd_digest = image["blobs"]["herd"][0]
+    for name, m in mirrors.items():
+        settle(mirrors)
+        results[name]["herd_time"] = parallel_downloads(f"{m.url}/v2/{REPO}/blobs/{herd_digest}", 20)[1]
+    for name in mirrors:
+        # By user agent: Distribution may still be fetching for its herd when cistern's starts.
+        ours = name == "cistern"
+        results[name]["herd_gets"] = sum(
+            1 for e in hub.access_log_entries()
+            if e["method"] == "GET" and e["kind"] == "blob" and herd_digest in e.get("path", "")
+            and e["user_agent"].startswith("cistern/") == ours)
+    return results, reference
 
 
-def median_seconds(base_url: str, blobs: list, headers: dict | None = None) -> float:
-    """Median time of one GET of each blob (one sample is too noisy on a shared VM)."""
-    times = []
-    for digest, size, _ in blobs:
-        started = time.monotonic()
-        assert download(f"{base_url}/v2/{REPO}/blobs/{digest}", headers) == size
-        times.append(time.monotonic() - started)
-    return statistics.median(times)
+def settle(mirrors: dict):
+    """Waits until no server is still busy with an earlier fill (Distribution finishes storing a
+    blob after its client got the last byte) and the disk has what was written: a cold figure
+    must not pay for another server's work."""
+    os.sync()
+
+    def cpu_ticks() -> int:
+        total = 0
+        for m in mirrors.values():
+            with open(f"/proc/{m.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total
+
+    before = cpu_ticks()
+    for _ in range(200):
+        time.sleep(0.05)
+        now = cpu_ticks()
+        if now - before <= 1:  # at most a tick (10 ms) in 50 ms: idle
+            return
+        before = now
 
 
-def direct_cold_seconds(hub: StandIn, image: dict) -> float:
-    """The cold blobs straight from the stand-in, with a token, as the mirrors fetch them."""
-    token = hub.token(f"repository:{REPO}:pull", creds=True)
-    return median_seconds(hub.registry_url, image["cold"], {"Authorization": f"Bearer {token}"})
+def timed_download(base_url: str, digest: str, size: int, headers: dict | None = None) -> float:
+    """Seconds for one whole GET of a blob."""
+    started = time.monotonic()
+    assert download(f"{base_url}/v2/{REPO}/blobs/{digest}", headers) == size
+    return time.monotonic() - started
 
 
 def machine() -> str:
@@ -235,31 +277,26 @@ def main():
                   file=sys.stderr)
             image = push_image(hub, workdir, args.cold_samples)
             os.sync()  # the pushed GiB written back now, not during the measurements
-            nginx = Nginx(workdir, workdir)
-            try:
-                ceiling_url = f"http://127.0.0.1:{nginx.port}/big"
-                download(ceiling_url)  # page cache
-                ceiling = (parallel_downloads(ceiling_url, 1)[0], parallel_downloads(ceiling_url, 8)[0])
-            finally:
-                nginx.stop()
-            direct = direct_cold_seconds(hub, image)
-            results = {}
             credentials = (hub.user, hub.password)
-            for name, make in [
-                ("distribution", lambda: Mirror.distribution(hub.registry_url, credentials=credentials)),
-                ("cistern", lambda: Mirror.cistern(args.cistern, hub.registry_url, credentials=credentials)),
-            ]:
-                if args.only and name != args.only:
-                    continue
-                print(f"measuring {name}...", file=sys.stderr)
-                with make() as mirror:
-                    results[name] = measure(mirror, hub, image, args.seconds)
+            servers = {
+                "distribution": lambda: Mirror.distribution(hub.registry_url, credentials=credentials),
+                "cistern": lambda: Mirror.cistern(args.cistern, hub.registry_url, credentials=credentials),
+            }
+            with contextlib.ExitStack() as running:
+                mirrors = {name: running.enter_context(make()) for name, make in servers.items()
+                           if not args.only or name == args.only}
+                nginx = Nginx(workdir, workdir)
+                running.callback(nginx.stop)
+                print(f"measuring {', '.join(mirrors)}...", file=sys.stderr)
+                results, reference = measure(mirrors, hub, image, args.seconds,
+                                             f"http://127.0.0.1:{nginx.port}/big")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report(results, ceiling, direct)
+    report(results, reference)
 
 
-def report(results: dict, ceiling: tuple[float, float], direct: float):
+def report(results: dict, reference: dict):
+    ceiling, direct = (reference["big1"], reference["big8"]), reference["cold"]
     nan = float("nan")
     missing = {k: (nan, nan) if isinstance(v, tuple) else nan for k, v in next(iter(results.values())).items()}
     d, c = results.get("distribution", missing), results.get("cistern", missing)
@@ -279,7 +316,7 @@ def report(results: dict, ceiling: tuple[float, float], direct: float):
         ("peak RSS while serving (MiB)", d["rss"], c["rss"], "lower", "< 64 MiB"),
     ]
     print(f"\nmachine: {machine()}")
-    print(f"| measure | Distribution 2.8 proxy | cistern | cistern vs Distribution | target |")
+    print("| measure | Distribution 2.8 proxy | cistern | cistern vs Distribution | target |")
     print("|---|---:|---:|---:|---|")
     for label, dv, cv, better, target in rows:
         if better == "higher":

@@ -205,18 +205,27 @@ def measure(mirrors: dict, hub: StandIn, image: dict, seconds: int, ceiling_url:
     for name in mirrors:
         results[name]["cold"] = statistics.median(cold[name])
 
+    cold_digests = [digest for digest, _, _ in image["cold"]]
+    for name in mirrors:
+        results[name]["cold_gets"] = upstream_blob_gets(hub, name, cold_digests) / len(cold_digests)
+
     herd_digest = image["blobs"]["herd"][0]
     for name, m in mirrors.items():
         settle(mirrors)
         results[name]["herd_time"] = parallel_downloads(f"{m.url}/v2/{REPO}/blobs/{herd_digest}", 20)[1]
     for name in mirrors:
-        # By user agent: Distribution may still be fetching for its herd when cistern's starts.
-        ours = name == "cistern"
-        results[name]["herd_gets"] = sum(
-            1 for e in hub.access_log_entries()
-            if e["method"] == "GET" and e["kind"] == "blob" and herd_digest in e.get("path", "")
-            and e["user_agent"].startswith("cistern/") == ours)
+        results[name]["herd_gets"] = upstream_blob_gets(hub, name, [herd_digest])
     return results, reference
+
+
+def upstream_blob_gets(hub: StandIn, server: str, digests: list) -> int:
+    """GETs of these blobs the stand-in saw from one server, told apart by user agent (a
+    server may still be fetching when the next one starts)."""
+    ours = server == "cistern"
+    return sum(
+        1 for e in hub.access_log_entries()
+        if e["method"] == "GET" and e["kind"] == "blob" and any(d in e.get("path", "") for d in digests)
+        and e["user_agent"].startswith("cistern/") == ours)
 
 
 def settle(mirrors: dict):
@@ -311,6 +320,7 @@ def report(results: dict, reference: dict):
          f">= 0.95 nginx: {c['big8'] / ceiling[1]:.2f}"),
         (f"64 MiB cold, median (s; direct {direct:.3f})", d["cold"], c["cold"], "lower",
          f"<= 1.2x direct: {c['cold'] / direct:.2f}x"),
+        ("  upstream GETs per cold blob", d["cold_gets"], c["cold_gets"], "lower", ""),
         ("20 clients on one cold 64 MiB blob (s)", d["herd_time"], c["herd_time"], "lower", ""),
         ("  upstream GETs", d["herd_gets"], c["herd_gets"], "lower", "1"),
         ("peak RSS while serving (MiB)", d["rss"], c["rss"], "lower", "< 64 MiB"),

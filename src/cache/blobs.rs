@@ -88,10 +88,7 @@ impl Cache {
                 Source::Stored(size) if size <= SMALL_BLOB => {
                     match self.small_blob(digest).await? {
                         Some(bytes) => from_memory(bytes, range),
-                        None => {
-                            let (fill, outcome) = self.start_fill(repo, digest).await?;
-                            self.answer_from_fill(fill, range, outcome).await
-                        }
+                        None => self.refill(repo, digest, range).await,
                     }
                 }
                 Source::Stored(size) => {
@@ -105,16 +102,24 @@ impl Cache {
                             outcome: Outcome::Hit,
                         }),
                         // Expired between the size check and the read: fetch it again.
-                        None => {
-                            let (fill, outcome) = self.start_fill(repo, digest).await?;
-                            self.answer_from_fill(fill, range, outcome).await
-                        }
+                        None => self.refill(repo, digest, range).await,
                     }
                 }
                 Source::Filling(fill, outcome) => self.answer_from_fill(fill, range, outcome).await,
             }
         };
         result.await.map_err(|e| blob_unknown(e, repo, digest))
+    }
+
+    /// A blob storage no longer holds (or holds damaged), fetched again.
+    async fn refill(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, CacheError> {
+        let (fill, outcome) = self.start_fill(repo, digest).await?;
+        self.answer_from_fill(fill, range, outcome).await
     }
 
     /// The stored blob, a fill to join, or a new fill.

@@ -294,9 +294,7 @@ impl Cache {
         };
         let digest = match expected {
             Some(expected) => {
-                let mut hasher = expected.hasher();
-                hasher.update(&fetched.bytes);
-                let actual = hasher.finish();
+                let actual = expected.recompute(&fetched.bytes);
                 if actual != expected {
                     return Err(CacheError::DigestMismatch {
                         what: "manifest",

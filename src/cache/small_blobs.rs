@@ -20,9 +20,7 @@ impl Cache {
         let Some(bytes) = self.storage().read_small(&key).await? else {
             return Ok(None);
         };
-        let mut hasher = digest.hasher();
-        hasher.update(&bytes);
-        let actual = hasher.finish();
+        let actual = digest.recompute(&bytes);
         if actual != *digest {
             self.metrics().storage_error("request");
             tracing::error!(key = %key, actual = %actual, "stored blob does not match its digest; fetching it again");

@@ -59,6 +59,14 @@ impl Digest {
         hasher.finish()
     }
 
+    /// The digest `bytes` have under this digest's algorithm: equal to it when they are its
+    /// content.
+    pub fn recompute(&self, bytes: &[u8]) -> Digest {
+        let mut hasher = self.hasher();
+        hasher.update(bytes);
+        hasher.finish()
+    }
+
     /// A hasher for the same algorithm as this digest, to verify content against it.
     pub fn hasher(&self) -> DigestHasher {
         DigestHasher::new(self.algorithm)

@@ -1,8 +1,8 @@
 //! Hot metadata in memory: tag records, manifests, blob links and small blobs (image configs)
 //! recently read or written, so a warm pull by tag costs no storage round trip but the reads of
-//! layers. Storage stays the truth: entries live at most
-//! `KEEP_FOR`, a record that is no longer fresh is read again from storage (another replica
-//! may have revalidated it), and manifests are immutable by digest.
+//! layers. Storage stays the truth: entries live at most `KEEP_FOR`, a record that is no longer
+//! fresh is read again from storage (another replica may have revalidated it), and manifests
+//! and blobs are immutable by digest.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 mod backends;
 pub mod layout;
 mod local_read;
+mod read_buffers;
 mod spool;
 mod writer;
 

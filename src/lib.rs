@@ -5,6 +5,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod health;
+pub mod memory;
 pub mod registry;
 pub mod server;
 pub mod storage;

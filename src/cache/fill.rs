@@ -11,7 +11,7 @@
 //! The last byte goes out once the blob is stored, as a cached object, under its digest.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -87,6 +87,7 @@ impl Fill {
             spool,
             upload: None,
             progress: Arc::new(progress_tx),
+            phases: Phases::default(),
         };
         tokio::spawn(task.run());
         Ok(fill)
@@ -133,6 +134,19 @@ struct FillTask {
     /// only after the digest matched. None on the filesystem, where the spool is renamed.
     upload: Option<ContentWriter>,
     progress: Arc<watch::Sender<Progress>>,
+    /// Where the fill's time went, logged with the cached blob.
+    phases: Phases,
+}
+
+/// Milliseconds spent in each phase of a fill.
+#[derive(Default)]
+struct Phases {
+    /// From the GET to the body's last byte.
+    download_ms: u128,
+    /// After that, until every byte was hashed and in the spool.
+    drain_ms: u128,
+    /// Storing the verified blob: fsync and rename, or completing the upload.
+    store_ms: u128,
 }
 
 /// Why receiving a body stopped early.
@@ -183,6 +197,7 @@ impl FillTask {
     /// Downloads the whole blob into the spool, resuming when the connection drops; returns
     /// its verified size.
     async fn fetch(&mut self) -> Result<u64, CacheError> {
+        let started = Instant::now();
         let response = self
             .cache
             .upstream()
@@ -199,7 +214,9 @@ impl FillTask {
             self.progress.clone(),
         );
         let downloaded = self.download(&pipeline, response, total).await;
+        self.phases.download_ms = started.elapsed().as_millis();
         let finished = pipeline.finish().await;
+        self.phases.drain_ms = started.elapsed().as_millis() - self.phases.download_ms;
         // A spool that could not be written explains a download that stopped early.
         finished
             .written
@@ -337,6 +354,7 @@ impl FillTask {
     /// the repository. A failure here
     /// costs only the caching: every client already has (or is reading) verified bytes.
     async fn commit(&mut self, size: u64) {
+        let started = Instant::now();
         let storage = self.cache.storage().clone();
         let key = layout::content(&self.digest);
         let link = layout::blob_link(&self.repo, &self.digest);
@@ -352,9 +370,15 @@ impl FillTask {
             Ok(()) => storage.write_record(&link, &BlobLink { size }).await,
             Err(e) => Err(e),
         };
+        self.phases.store_ms = started.elapsed().as_millis();
+        let Phases {
+            download_ms,
+            drain_ms,
+            store_ms,
+        } = self.phases;
         match committed {
             Ok(()) => {
-                tracing::info!(repository = %self.repo, digest = %self.digest, size, "cached blob")
+                tracing::info!(repository = %self.repo, digest = %self.digest, size, download_ms, drain_ms, store_ms, "cached blob")
             }
             Err(e) => {
                 self.cache.metrics().storage_error("fill");

@@ -206,11 +206,17 @@ def measure(mirrors: dict, hub: StandIn, image: dict, seconds: int, ceiling_url:
 
     upstream_auth = {"Authorization": f"Bearer {hub.token(f'repository:{REPO}:pull', creds=True)}"}
     cold = {name: [] for name in ["direct", *mirrors]}
+    order = list(mirrors)
     for digest, size, _ in image["cold"]:
         cold["direct"].append(timed_download(hub.registry_url, digest, size, upstream_auth))
-        for name, m in mirrors.items():
+        for name in order:
             settle(mirrors)
-            cold[name].append(timed_download(m.url, digest, size))
+            cold[name].append(timed_download(mirrors[name].url, digest, size))
+        # Each server goes first in turn: a fill right after the other server's runs slower
+        # (see README, Benchmark), and the order must not decide the figures.
+        order.append(order.pop(0))
+    print("cold samples:", {name: [round(t, 3) for t in times] for name, times in cold.items()},
+          file=sys.stderr)
     reference["cold"] = statistics.median(cold["direct"])
     for name in mirrors:
         results[name]["cold"] = statistics.median(cold[name])

@@ -154,3 +154,46 @@ async fn a_config_damaged_on_disk_is_fetched_again_never_served() {
     assert_eq!(part.bytes().await.unwrap(), good[2..6]);
     assert_eq!(upstream_gets(), 2);
 }
+
+#[tokio::test]
+async fn a_layer_cut_short_on_disk_is_fetched_again_never_served() {
+    let up = FakeUpstream::start().await;
+    // Larger than the small blobs kept in memory, so it is read from its file each time.
+    let good = content("layer", 2 * 1024 * 1024);
+    let digest = up.add_blob("org/app", &good);
+    let path = format!("/v2/org/app/blobs/{digest}");
+    let upstream_gets = || up.count(Method::GET, &format!("/blobs/{digest}"));
+    let dir = tempfile::tempdir().unwrap();
+    let setup = || MirrorSetup::new(&up.url).storage_dir(dir.path());
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let stored = dir.path().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let cut_short = || std::fs::write(&stored, &good[..good.len() / 2]).unwrap();
+
+    let mirror = setup().start().await;
+    for _ in 0..2 {
+        assert!(mirror.get(&path).await.bytes().await.unwrap() == good);
+    }
+    // Read from storage once, the blob's size is held in memory: the file's own size gives
+    // the damage away.
+    cut_short();
+    assert!(
+        mirror.get(&path).await.bytes().await.unwrap() == good,
+        "the upstream bytes, not the stored half"
+    );
+    assert_eq!(upstream_gets(), 2, "fetched again");
+    assert!(
+        std::fs::read(&stored).unwrap() == good,
+        "the stored copy is repaired"
+    );
+    drop(mirror);
+
+    // After a restart, the size comes from the blob's link record.
+    let restarted = setup().start().await;
+    cut_short();
+    assert!(restarted.get(&path).await.bytes().await.unwrap() == good);
+    assert_eq!(upstream_gets(), 3);
+    assert!(std::fs::read(&stored).unwrap() == good);
+    // Repaired: served from storage again.
+    assert!(restarted.get(&path).await.bytes().await.unwrap() == good);
+    assert_eq!(upstream_gets(), 3);
+}

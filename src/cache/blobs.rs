@@ -95,6 +95,14 @@ impl Cache {
                     let part = resolve(range, Some(size))?;
                     let key = layout::content(digest);
                     match self.storage().read_from(&key, part.clone()).await? {
+                        // Hashing a large blob on every read would cost what serving it does,
+                        // but a file cut short (a full disk, a damaged filesystem) shows in
+                        // its size, and must not go out as the blob.
+                        Some(read) if read.total_size != size => {
+                            self.metrics().storage_error("request");
+                            tracing::error!(key = %key, expected = size, actual = read.total_size, "stored blob has the wrong size; fetching it again");
+                            self.refill(repo, digest, range).await
+                        }
                         Some(read) => Ok(BlobAnswer {
                             total_size: Some(read.total_size),
                             partial: part,
@@ -198,6 +206,12 @@ impl Cache {
         };
         let link_key = layout::blob_link(repo, digest);
         let link: Option<BlobLink> = self.storage().read_record(&link_key).await?;
+        if let Some(link) = link.as_ref().filter(|link| link.size != size) {
+            // Linked at its verified size: the stored file was damaged since.
+            self.metrics().storage_error("request");
+            tracing::error!(key = %layout::content(digest), expected = link.size, actual = size, "stored blob has the wrong size; fetching it again");
+            return Ok(None);
+        }
         if link.is_none() {
             self.upstream().head_blob(repo, digest).await?;
             self.storage()

@@ -212,8 +212,7 @@ def measure(mirrors: dict, hub: StandIn, image: dict, seconds: int, ceiling_url:
         for name in order:
             settle(mirrors)
             cold[name].append(timed_download(mirrors[name].url, digest, size))
-        # Each server goes first in turn: a fill right after the other server's runs slower
-        # (see README, Benchmark), and the order must not decide the figures.
+        # Each server goes first in turn, so neither always follows the other's fill.
         order.append(order.pop(0))
     print("cold samples:", {name: [round(t, 3) for t in times] for name, times in cold.items()},
           file=sys.stderr)

@@ -165,9 +165,10 @@ async fn a_layer_cut_short_on_disk_is_fetched_again_never_served() {
     let upstream_gets = || up.count(Method::GET, &format!("/blobs/{digest}"));
     let dir = tempfile::tempdir().unwrap();
     let setup = || MirrorSetup::new(&up.url).storage_dir(dir.path());
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    let stored = dir.path().join("blobs/sha256").join(&hex[..2]).join(hex);
-    let cut_short = || std::fs::write(&stored, &good[..good.len() / 2]).unwrap();
+    let cut_short = |mirror: &Mirror| {
+        std::fs::write(mirror.content_path(&digest), &good[..good.len() / 2]).unwrap()
+    };
+    let stored_bytes = |mirror: &Mirror| std::fs::read(mirror.content_path(&digest)).unwrap();
 
     let mirror = setup().start().await;
     for _ in 0..2 {
@@ -175,24 +176,21 @@ async fn a_layer_cut_short_on_disk_is_fetched_again_never_served() {
     }
     // Read from storage once, the blob's size is held in memory: the file's own size gives
     // the damage away.
-    cut_short();
+    cut_short(&mirror);
     assert!(
         mirror.get(&path).await.bytes().await.unwrap() == good,
         "the upstream bytes, not the stored half"
     );
     assert_eq!(upstream_gets(), 2, "fetched again");
-    assert!(
-        std::fs::read(&stored).unwrap() == good,
-        "the stored copy is repaired"
-    );
+    assert!(stored_bytes(&mirror) == good, "the stored copy is repaired");
     drop(mirror);
 
     // After a restart, the size comes from the blob's link record.
     let restarted = setup().start().await;
-    cut_short();
+    cut_short(&restarted);
     assert!(restarted.get(&path).await.bytes().await.unwrap() == good);
     assert_eq!(upstream_gets(), 3);
-    assert!(std::fs::read(&stored).unwrap() == good);
+    assert!(stored_bytes(&restarted) == good);
     // Repaired: served from storage again.
     assert!(restarted.get(&path).await.bytes().await.unwrap() == good);
     assert_eq!(upstream_gets(), 3);

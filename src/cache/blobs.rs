@@ -96,8 +96,8 @@ impl Cache {
                     let key = layout::content(digest);
                     match self.storage().read_from(&key, part.clone()).await? {
                         // Hashing a large blob on every read would cost what serving it does,
-                        // but a file cut short (a full disk, a damaged filesystem) shows in
-                        // its size, and must not go out as the blob.
+                        // but a file cut short (a full disk, a damaged filesystem) differs from
+                        // its verified size, and must not go out as the blob.
                         Some(read) if read.total_size != size => {
                             self.metrics().storage_error("request");
                             tracing::error!(key = %key, expected = size, actual = read.total_size, "stored blob has the wrong size; fetching it again");
@@ -201,23 +201,22 @@ impl Cache {
         if let Some(size) = self.inner.hot.blob_size(repo, digest) {
             return Ok(Some(size));
         }
-        let Some(size) = self.storage().size_of(&layout::content(digest)).await? else {
+        let Some(file_size) = self.storage().size_of(&layout::content(digest)).await? else {
             return Ok(None);
         };
         let link_key = layout::blob_link(repo, digest);
-        let link: Option<BlobLink> = self.storage().read_record(&link_key).await?;
-        if let Some(link) = link.as_ref().filter(|link| link.size != size) {
-            // Linked at its verified size: the stored file was damaged since.
-            self.metrics().storage_error("request");
-            tracing::error!(key = %layout::content(digest), expected = link.size, actual = size, "stored blob has the wrong size; fetching it again");
-            return Ok(None);
-        }
-        if link.is_none() {
-            self.upstream().head_blob(repo, digest).await?;
-            self.storage()
-                .write_record(&link_key, &BlobLink { size })
-                .await?;
-        }
+        // A link holds the size the blob was verified at, which the read checks the file
+        // against; a new link takes the stored file's.
+        let size = match self.storage().read_record::<BlobLink>(&link_key).await? {
+            Some(link) => link.size,
+            None => {
+                self.upstream().head_blob(repo, digest).await?;
+                self.storage()
+                    .write_record(&link_key, &BlobLink { size: file_size })
+                    .await?;
+                file_size
+            }
+        };
         self.inner.hot.keep_blob(repo, digest, size);
         Ok(Some(size))
     }

@@ -54,15 +54,17 @@ impl Digest {
 
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Digest {
-        let mut hasher = DigestHasher::new(Algorithm::Sha256);
-        hasher.update(bytes);
-        hasher.finish()
+        Self::of(Algorithm::Sha256, bytes)
     }
 
     /// The digest `bytes` have under this digest's algorithm: equal to it when they are its
     /// content.
     pub fn recompute(&self, bytes: &[u8]) -> Digest {
-        let mut hasher = self.hasher();
+        Self::of(self.algorithm, bytes)
+    }
+
+    fn of(algorithm: Algorithm, bytes: &[u8]) -> Digest {
+        let mut hasher = DigestHasher::new(algorithm);
         hasher.update(bytes);
         hasher.finish()
     }

@@ -142,6 +142,11 @@ impl<'a> MirrorSetup<'a> {
             api: listener,
             debug: Some(debug),
         };
+        // The filesystem root the config names (a fresh directory unless `storage_dir` set one).
+        let storage = match &config.storage {
+            cistern::config::StorageConfig::Filesystem { root_directory } => root_directory.clone(),
+            _ => dir.path().to_owned(),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             cistern::serve(&config, listeners, async {
@@ -154,7 +159,7 @@ impl<'a> MirrorSetup<'a> {
             url,
             debug_url,
             http: reqwest::Client::new(),
-            storage: dir.path().to_owned(),
+            storage,
             _storage_dir: dir,
             _shutdown: tx,
         }

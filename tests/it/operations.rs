@@ -1,11 +1,10 @@
 //! What an operator sees: metrics that move with pulls, readiness that follows storage, a start
 //! without upstream that still serves the cache, TLS, and request size limits.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Scrapes until every series has its expected value, and returns that scrape. A response's
 /// log line and metrics are recorded when its body ends, a moment after the client has read the

@@ -1,9 +1,8 @@
 //! Tag freshness: within the TTL no upstream request, after it one HEAD, and the cached tag
 //! when upstream fails.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 
 #[tokio::test]

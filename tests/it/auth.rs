@@ -1,8 +1,7 @@
 //! Upstream authentication: Docker Hub's token flow with the stored credentials.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 
 #[tokio::test]

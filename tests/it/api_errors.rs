@@ -1,8 +1,7 @@
 //! Bad input gets a clear OCI error with the right status, never a panic or an upstream request.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 
 const DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -1,13 +1,12 @@
 //! SIGTERM (docker stop, a Kubernetes rollout): no new connections, responses in progress
 //! finish within `http.draintimeout`, and nothing partial is ever left in the cache.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::binary::Binary;
-use common::*;
+use crate::common::binary::Binary;
+use crate::common::*;
 use futures::StreamExt;
 
 const MIB: usize = 1024 * 1024;

@@ -1,12 +1,11 @@
 //! The fault proxy itself, against the fake upstream: other tests rely on it doing exactly
 //! what it is told, so a broken fault shows up here rather than as a puzzling mirror failure.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 
 const REPO: &str = "library/alpine";

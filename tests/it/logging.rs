@@ -1,13 +1,12 @@
 //! The request log as an operator ships it: `log.formatter: json`, one line per request with
 //! its id, and no secret anywhere (upstream password, upstream tokens, client credentials).
 
-mod common;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::binary::Binary;
-use common::*;
+use crate::common::binary::Binary;
+use crate::common::*;
 use serde_json::Value;
 
 const CLIENT_SECRET: &str = "client-secret-pw";

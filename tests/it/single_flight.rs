@@ -1,11 +1,10 @@
 //! One upstream fetch per blob, however many clients want it, streamed to each as it arrives.
 //! A fault proxy slows upstream down so that the clients really overlap the fill.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use reqwest::Method;
 

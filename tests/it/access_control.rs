@@ -1,10 +1,9 @@
 //! Who may pull through the mirror: htpasswd users, source networks, and repository patterns
 //! that keep the stored Docker Hub credentials from reading anything else.
 
-mod common;
 
 use base64::Engine as _;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const REALM: &str = "cistern-test";

@@ -1,13 +1,12 @@
 //! cistern killed with SIGKILL in the middle of a fill, then restarted on the same storage: the
 //! partial blob is never served, and what it left behind is removed at start.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::binary::Binary;
-use common::*;
+use crate::common::binary::Binary;
+use crate::common::*;
 use futures::StreamExt;
 use reqwest::Method;
 

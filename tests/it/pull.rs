@@ -1,8 +1,7 @@
 //! Pulling through the mirror: cold then warm, exact bytes and headers, ranges, listings.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 
 #[tokio::test]

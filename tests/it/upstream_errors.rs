@@ -1,8 +1,7 @@
 //! What a client sees when upstream refuses or fails: a clear OCI error naming the upstream.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn upstream_failures_map_to_clear_errors() {

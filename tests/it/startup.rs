@@ -1,12 +1,11 @@
 //! The `cistern` binary: a registry:2 proxy config starts it unchanged; a typo stops it.
 
-mod common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

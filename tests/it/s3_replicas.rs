@@ -1,10 +1,9 @@
 //! cistern caching in S3 (a real S3-compatible server, moto, on loopback), and two replicas on
 //! one bucket behaving as one cache.
 
-mod common;
 
-use common::moto::Moto;
-use common::*;
+use crate::common::moto::Moto;
+use crate::common::*;
 use futures::StreamExt;
 use reqwest::Method;
 

@@ -2,11 +2,10 @@
 //! cached, and what is cached keeps being served. Faults come from a proxy between cistern and
 //! the fake upstream.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::Value;

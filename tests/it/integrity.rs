@@ -1,8 +1,7 @@
 //! Bytes are served under a digest only if they hash to it; content is linked per repository.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 
 #[tokio::test]

@@ -1,0 +1,23 @@
+//! The integration suite: one test binary (a fresh build links it once), a module per concern.
+//! Every module starts the whole server in-process on 127.0.0.1:0 against local upstreams;
+//! `real_clients` drives dockerd, containerd, skopeo and curl through the built binary.
+
+mod common;
+mod access_control;
+mod api_errors;
+mod auth;
+mod crash;
+mod fault_proxy_selftest;
+mod faults;
+mod freshness;
+mod graceful_shutdown;
+mod integrity;
+mod logging;
+mod operations;
+mod pull;
+mod real_clients;
+mod s3_replicas;
+mod single_flight;
+mod startup;
+mod storage_contract;
+mod upstream_errors;

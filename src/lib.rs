@@ -88,6 +88,9 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let state = api::AppState {
         cache,
         access,
+        registries: Arc::new(registry::MirroredRegistries::for_default_upstream(
+            &config.proxy.remote_url,
+        )),
         extra_headers: Arc::new(config.http.headers.clone()),
     };
     Ok(App {

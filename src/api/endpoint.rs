@@ -5,7 +5,7 @@
 use http::Method;
 
 use super::error::ApiError;
-use crate::registry::{Digest, Reference, RepoName, Tag};
+use crate::registry::{is_registry_host, Digest, MirroredRegistries, Reference, RepoName, Tag};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -29,7 +29,57 @@ pub enum Endpoint {
     Tags { repo: RepoName },
 }
 
+/// A request's endpoint and the registry the client named for it, if it named one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Routed {
+    pub endpoint: Endpoint,
+    /// The registry host from `?ns=` or the path prefix, lowercased; answers carry it back in
+    /// `OCI-Namespace`.
+    pub namespace: Option<String>,
+}
+
 impl Endpoint {
+    /// Parses a request and selects its registry: `?ns=` first, else a first path segment
+    /// that is a registry host (`/v2/ghcr.io/owner/app/...`), else the default upstream.
+    /// A registry this mirror does not serve is refused here, before anything is asked
+    /// upstream; `ns` is only ever a lookup key, never something to dial.
+    pub fn route(
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        registries: &MirroredRegistries,
+    ) -> Result<Routed, ApiError> {
+        let ns = namespace_parameter(query)?;
+        let (prefix, path) = split_registry_prefix(path);
+        let endpoint = Endpoint::parse(method, &path)?;
+        let named = match (&ns, &prefix) {
+            (Some(ns), Some(prefix))
+                if !ns.eq_ignore_ascii_case(prefix)
+                    && !(registries.serves(ns) && registries.serves(prefix)) =>
+            {
+                return Err(ApiError::namespace_conflict(
+                    ns,
+                    &format!("the path's {prefix}"),
+                ));
+            }
+            (Some(ns), _) => Some(ns.to_ascii_lowercase()),
+            (None, prefix) => prefix.as_ref().map(|p| p.to_ascii_lowercase()),
+        };
+        if let (Some(host), Some(repo)) = (&named, endpoint.repository()) {
+            if !registries.serves(host) {
+                return Err(ApiError::registry_not_mirrored(
+                    host,
+                    repo,
+                    &registries.describe(),
+                ));
+            }
+        }
+        Ok(Routed {
+            endpoint,
+            namespace: named,
+        })
+    }
+
     /// The repository the request is about, if any.
     pub fn repository(&self) -> Option<&RepoName> {
         match self {
@@ -106,6 +156,35 @@ impl Endpoint {
             return Ok(Endpoint::Blob { repo, digest, head });
         }
         Err(ApiError::not_found(path))
+    }
+}
+
+/// The `ns` query parameter (percent-decoded), refused when given twice with different
+/// values: two answers to "which registry" leave none.
+fn namespace_parameter(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut values = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(key, _)| key == "ns")
+        .map(|(_, value)| value.into_owned());
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if let Some(other) = values.find(|other| !other.eq_ignore_ascii_case(&first)) {
+        return Err(ApiError::namespace_conflict(&first, &format!("ns={other}")));
+    }
+    Ok(Some(first))
+}
+
+/// `/v2/<host>/<name>/...` -> (`<host>`, `/v2/<name>/...`) when the first segment names a
+/// registry and a name follows it; any other path is returned as it is.
+fn split_registry_prefix(path: &str) -> (Option<String>, std::borrow::Cow<'_, str>) {
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return (None, path.into());
+    };
+    match rest.split_once('/') {
+        Some((first, after)) if is_registry_host(first) && !after.is_empty() => {
+            (Some(first.to_owned()), format!("/v2/{after}").into())
+        }
+        _ => (None, path.into()),
     }
 }
 
@@ -312,6 +391,106 @@ mod tests {
                 (err.code(), err.status().as_u16()),
                 (code, status),
                 "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_select_the_registry_from_ns_then_the_path() {
+        let registries =
+            MirroredRegistries::for_default_upstream(&"http://127.0.0.1:5000".parse().unwrap());
+        let manifest = |repo: &str| Endpoint::Manifest {
+            repo: name(repo),
+            reference: tag("v1"),
+            head: false,
+        };
+        let cases = [
+            (
+                "/v2/alpine/manifests/v1",
+                None,
+                manifest("library/alpine"),
+                None,
+            ),
+            (
+                "/v2/alpine/manifests/v1",
+                Some("ns=docker.io"),
+                manifest("library/alpine"),
+                Some("docker.io"),
+            ),
+            (
+                "/v2/docker.io/alpine/manifests/v1",
+                None,
+                manifest("library/alpine"),
+                Some("docker.io"),
+            ),
+            (
+                "/v2/127.0.0.1:5000/org/app/manifests/v1",
+                None,
+                manifest("org/app"),
+                Some("127.0.0.1:5000"),
+            ),
+            (
+                "/v2/org/app/manifests/v1",
+                Some("n=1&ns=Docker.IO"),
+                manifest("org/app"),
+                Some("docker.io"),
+            ),
+            (
+                "/v2/_catalog",
+                Some("ns=ghcr.io"),
+                Endpoint::Catalog,
+                Some("ghcr.io"),
+            ),
+        ];
+        for (path, query, endpoint, namespace) in cases {
+            let routed = Endpoint::route(&Method::GET, path, query, &registries).unwrap();
+            assert_eq!(
+                routed,
+                Routed {
+                    endpoint,
+                    namespace: namespace.map(str::to_owned)
+                },
+                "{path}?{query:?}"
+            );
+        }
+        let refused = [
+            (
+                "/v2/alpine/manifests/v1",
+                Some("ns=ghcr.io"),
+                "NAME_UNKNOWN",
+                404,
+            ),
+            (
+                "/v2/ghcr.io/org/app/manifests/v1",
+                None,
+                "NAME_UNKNOWN",
+                404,
+            ),
+            (
+                "/v2/localhost/org/app/manifests/v1",
+                None,
+                "NAME_UNKNOWN",
+                404,
+            ),
+            (
+                "/v2/ghcr.io/org/app/manifests/v1",
+                Some("ns=docker.io"),
+                "NAME_INVALID",
+                400,
+            ),
+            (
+                "/v2/org/app/manifests/v1",
+                Some("ns=docker.io&ns=quay.io"),
+                "NAME_INVALID",
+                400,
+            ),
+        ];
+        for (path, query, code, status) in refused {
+            let err = Endpoint::route(&Method::GET, path, query, &registries).unwrap_err();
+            assert_eq!(
+                (err.code(), err.status().as_u16()),
+                (code, status),
+                "{path}?{query:?}"
             );
         }
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::access::Refusal;
 use crate::cache::CacheError;
-use crate::registry::{DigestError, NameError, TagError};
+use crate::registry::{DigestError, NameError, RepoName, TagError};
 use crate::storage::StorageError;
 use crate::telemetry::StorageFailed;
 use crate::upstream::UpstreamError;
@@ -96,6 +96,27 @@ impl ApiError {
 
     pub fn denied(message: String) -> Self {
         Self::new(StatusCode::FORBIDDEN, "DENIED", message)
+    }
+
+    /// A registry this mirror does not serve: 404 `NAME_UNKNOWN`, so containerd falls back to
+    /// the registry itself.
+    pub fn registry_not_mirrored(registry: &str, repo: &RepoName, served: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            format!(
+                "registry {registry} is not mirrored here (repository {repo}); this mirror serves {served}: pull from {registry} itself"
+            ),
+        )
+    }
+
+    /// `?ns=` and the path's registry prefix name different registries.
+    pub fn namespace_conflict(ns: &str, other: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            format!("ns={ns} and {other} name different registries"),
+        )
     }
 
     pub fn not_found(path: &str) -> Self {

@@ -7,6 +7,8 @@ use crate::cache::ByteRange;
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 pub const API_VERSION: &str = "docker-distribution-api-version";
 pub const API_VERSION_VALUE: &str = "registry/2.0";
+/// The registry a proxy served a request from, when the client named it with `?ns=`.
+pub const OCI_NAMESPACE: &str = "oci-namespace";
 
 /// The client's `Accept` header, all values joined (clients may send several lines).
 pub fn accept(headers: &HeaderMap) -> Option<String> {

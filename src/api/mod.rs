@@ -22,8 +22,9 @@ use http::{HeaderName, HeaderValue};
 
 use crate::access::Access;
 use crate::cache::Cache;
+use crate::registry::MirroredRegistries;
 use crate::telemetry::{log_requests, EndpointLabel};
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, Routed};
 pub use error::{ApiError, ErrorMessage};
 pub use ops::{debug_router, OpsState};
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub cache: Cache,
     /// Who may pull what (`auth.htpasswd`, `access:`).
     pub access: Arc<Access>,
+    /// The registries requests may name (`?ns=`, a path prefix); any other is refused.
+    pub registries: Arc<MirroredRegistries>,
     /// Configured `http.headers`, added to every response.
     pub extra_headers: Arc<Vec<(HeaderName, HeaderValue)>>,
 }
@@ -75,8 +78,17 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     if let Err(refusal) = state.access.admit(peer, authorization).await {
         return ApiError::from(refusal).into_response();
     }
-    let endpoint = match Endpoint::parse(&parts.method, parts.uri.path()) {
-        Ok(endpoint) => endpoint,
+    let routed = Endpoint::route(
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        &state.registries,
+    );
+    let Routed {
+        endpoint,
+        namespace,
+    } = match routed {
+        Ok(routed) => routed,
         Err(e) => return e.into_response(),
     };
     if let Some(repo) = endpoint.repository() {
@@ -91,6 +103,10 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     response
         .extensions_mut()
         .insert(EndpointLabel(endpoint.label()));
+    // The distribution spec: a proxy that used `ns` says so, naming the registry it served.
+    if let Some(value) = namespace.and_then(|ns| HeaderValue::try_from(ns).ok()) {
+        response.headers_mut().insert(headers::OCI_NAMESPACE, value);
+    }
     response
 }
 

@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 
-/// Query parameters a listing accepts. `ns` is containerd's (`?ns=docker.io`) and is ignored.
+/// Query parameters a listing accepts (`ns`, the registry, is read by the endpoint parser).
 #[derive(Default)]
 pub struct PageQuery {
     n: Option<String>,

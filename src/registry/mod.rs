@@ -3,10 +3,12 @@
 
 mod digest;
 mod media_type;
+mod mirrored;
 mod name;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
 pub use media_type::{accepts, upstream_accept, DEFAULT_MANIFEST_ACCEPT};
+pub use mirrored::{is_registry_host, MirroredRegistries};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, Tag, TagError};

@@ -1,9 +1,8 @@
 //! Who may pull through the mirror: htpasswd users, source networks, and repository patterns
 //! that keep the stored Docker Hub credentials from reading anything else.
 
-
-use base64::Engine as _;
 use crate::common::*;
+use base64::Engine as _;
 use serde_json::Value;
 
 const REALM: &str = "cistern-test";

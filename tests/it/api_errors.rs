@@ -1,6 +1,5 @@
 //! Bad input gets a clear OCI error with the right status, never a panic or an upstream request.
 
-
 use crate::common::*;
 
 const DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -1,6 +1,5 @@
 //! Upstream authentication: Docker Hub's token flow with the stored credentials.
 
-
 use crate::common::*;
 use reqwest::Method;
 

@@ -1,7 +1,6 @@
 //! cistern killed with SIGKILL in the middle of a fill, then restarted on the same storage: the
 //! partial blob is never served, and what it left behind is removed at start.
 
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

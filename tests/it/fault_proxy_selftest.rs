@@ -1,11 +1,10 @@
 //! The fault proxy itself, against the fake upstream: other tests rely on it doing exactly
 //! what it is told, so a broken fault shows up here rather than as a puzzling mirror failure.
 
-
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crate::common::*;
+use bytes::Bytes;
 use reqwest::Method;
 
 const REPO: &str = "library/alpine";

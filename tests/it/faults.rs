@@ -2,7 +2,6 @@
 //! cached, and what is cached keeps being served. Faults come from a proxy between cistern and
 //! the fake upstream.
 
-
 use std::time::Duration;
 
 use crate::common::*;

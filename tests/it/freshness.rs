@@ -1,7 +1,6 @@
 //! Tag freshness: within the TTL no upstream request, after it one HEAD, and the cached tag
 //! when upstream fails.
 
-
 use crate::common::*;
 use reqwest::Method;
 

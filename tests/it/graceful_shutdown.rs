@@ -1,7 +1,6 @@
 //! SIGTERM (docker stop, a Kubernetes rollout): no new connections, responses in progress
 //! finish within `http.draintimeout`, and nothing partial is ever left in the cache.
 
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

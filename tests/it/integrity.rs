@@ -1,6 +1,5 @@
 //! Bytes are served under a digest only if they hash to it; content is linked per repository.
 
-
 use crate::common::*;
 use reqwest::Method;
 

@@ -1,12 +1,11 @@
 //! The request log as an operator ships it: `log.formatter: json`, one line per request with
 //! its id, and no secret anywhere (upstream password, upstream tokens, client credentials).
 
-
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use crate::common::binary::Binary;
 use crate::common::*;
+use base64::Engine as _;
 use serde_json::Value;
 
 const CLIENT_SECRET: &str = "client-secret-pw";

@@ -2,10 +2,10 @@
 //! Every module starts the whole server in-process on 127.0.0.1:0 against local upstreams;
 //! `real_clients` drives dockerd, containerd, skopeo and curl through the built binary.
 
-mod common;
 mod access_control;
 mod api_errors;
 mod auth;
+mod common;
 mod crash;
 mod fault_proxy_selftest;
 mod faults;
@@ -13,6 +13,7 @@ mod freshness;
 mod graceful_shutdown;
 mod integrity;
 mod logging;
+mod namespaces;
 mod operations;
 mod pull;
 mod real_clients;

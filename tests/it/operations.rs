@@ -1,7 +1,6 @@
 //! What an operator sees: metrics that move with pulls, readiness that follows storage, a start
 //! without upstream that still serves the cache, TLS, and request size limits.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::*;

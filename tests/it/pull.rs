@@ -1,6 +1,5 @@
 //! Pulling through the mirror: cold then warm, exact bytes and headers, ranges, listings.
 
-
 use crate::common::*;
 use reqwest::Method;
 

@@ -1,7 +1,6 @@
 //! cistern caching in S3 (a real S3-compatible server, moto, on loopback), and two replicas on
 //! one bucket behaving as one cache.
 
-
 use crate::common::moto::Moto;
 use crate::common::*;
 use futures::StreamExt;

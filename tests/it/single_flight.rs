@@ -1,7 +1,6 @@
 //! One upstream fetch per blob, however many clients want it, streamed to each as it arrives.
 //! A fault proxy slows upstream down so that the clients really overlap the fill.
 
-
 use std::time::Duration;
 
 use crate::common::*;

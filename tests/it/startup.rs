@@ -1,6 +1,5 @@
 //! The `cistern` binary: a registry:2 proxy config starts it unchanged; a typo stops it.
 
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

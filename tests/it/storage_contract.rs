@@ -1,11 +1,10 @@
 //! One contract for the storage facade, run on every backend: the filesystem, memory and S3 (moto).
 //! Whatever the store, cistern sees the same behaviour.
 
-
+use crate::common::moto::Moto;
 use bytes::Bytes;
 use cistern::config::Config;
 use cistern::storage::Storage;
-use crate::common::moto::Moto;
 use futures::TryStreamExt;
 use object_store::path::Path;
 

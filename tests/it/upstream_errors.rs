@@ -1,6 +1,5 @@
 //! What a client sees when upstream refuses or fails: a clear OCI error naming the upstream.
 
-
 use crate::common::*;
 
 #[tokio::test]

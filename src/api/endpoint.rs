@@ -53,10 +53,7 @@ impl Endpoint {
         let (prefix, path) = split_registry_prefix(path);
         let endpoint = Endpoint::parse(method, &path)?;
         let named = match (&ns, &prefix) {
-            (Some(ns), Some(prefix))
-                if !ns.eq_ignore_ascii_case(prefix)
-                    && !(registries.serves(ns) && registries.serves(prefix)) =>
-            {
+            (Some(ns), Some(prefix)) if !registries.same_registry(ns, prefix) => {
                 return Err(ApiError::namespace_conflict(
                     ns,
                     &format!("the path's {prefix}"),

@@ -43,6 +43,12 @@ impl MirroredRegistries {
         self.hosts.contains(&host)
     }
 
+    /// Whether two host names mean one registry: the same name, or two names of the one
+    /// registry served (`docker.io` and `index.docker.io`).
+    pub fn same_registry(&self, a: &str, b: &str) -> bool {
+        a.eq_ignore_ascii_case(b) || (self.serves(a) && self.serves(b))
+    }
+
     /// The names served, for messages.
     pub fn describe(&self) -> String {
         self.hosts.join(", ")

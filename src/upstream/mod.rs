@@ -289,7 +289,8 @@ impl Upstream {
 
     /// Sends a request with whatever authentication upstream asks for: on a 401 it learns the
     /// challenge, fetches a fresh token, and retries once. Redirects (Docker Hub sends blob GETs
-    /// to its CDN) are followed without the Authorization header when they leave the origin.
+    /// to its CDN) are followed without the Authorization header when they leave the origin, and
+    /// a 401 from a redirect target is an error, never a challenge to answer.
     async fn send(
         &self,
         repo: &RepoName,
@@ -441,6 +442,17 @@ impl Upstream {
             self.metrics
                 .upstream_request(request_kind(url), method, status);
             let response = sent.map_err(|e| UpstreamError::unreachable(current.as_str(), e))?;
+            if response.status() == StatusCode::UNAUTHORIZED && !same_origin(&current, &self.base) {
+                // Only the configured upstream's own challenge is answered: one from wherever it
+                // redirected us would have us send our credentials, or a token, to a third party.
+                return Err(UpstreamError::bad_response(
+                    current.as_str(),
+                    format!(
+                        "{url} redirected here and this answered 401; credentials only go to \
+                         the realm the upstream itself names"
+                    ),
+                ));
+            }
             if !response.status().is_redirection() {
                 return Ok(response);
             }

@@ -1,0 +1,105 @@
+//! Upstreams, redirect targets and token services that lie, stall or flood: what the mirror
+//! sends them, what it keeps, and what a client is told.
+
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::common::hostile::{self, challenge, has_token, Hostile, MANIFEST};
+use crate::common::*;
+
+/// The status, OCI code and message of an error answer.
+async fn failure(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    let error = &body["errors"][0];
+    (
+        status,
+        error["code"].as_str().unwrap().to_owned(),
+        error["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A registry (with its token service at `/token`) whose `evil/app` manifests and blobs
+/// redirect to `target`.
+async fn redirecting_registry(target: &str) -> Hostile {
+    let target = target.to_owned();
+    Hostile::start(move |url| {
+        let redirect = move |headers: HeaderMap| {
+            let target = target.clone();
+            async move {
+                if !has_token(&headers) {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, format!("{target}/redirected?sig=x"))],
+                )
+                    .into_response()
+            }
+        };
+        hostile::registry(&format!("{url}/token"))
+            .route("/token", get(hostile::token_service))
+            .route("/v2/evil/app/manifests/latest", get(redirect.clone()))
+            .route("/v2/evil/app/blobs/{digest}", get(redirect))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_redirect_targets_challenge_never_gets_the_credentials() {
+    // Answers everything with a challenge naming its own token endpoint, and hands out
+    // "tokens" to whoever asks.
+    let thief = Hostile::start(|url| {
+        let steal_realm = format!("{url}/steal");
+        Router::new()
+            .route("/steal", get(|| async { r#"{"token":"stolen"}"# }))
+            .fallback(move || {
+                let realm = steal_realm.clone();
+                async move { challenge(&realm) }
+            })
+    })
+    .await;
+    let up = redirecting_registry(&thief.url).await;
+    let mirror = MirrorSetup::new(&up.url).start().await;
+
+    let manifest = mirror.get_manifest("evil/app", "latest").await;
+    let (status, code, message) = failure(manifest).await;
+    assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
+    assert!(
+        message.contains(&format!("{}/redirected", thief.url)),
+        "{message}"
+    );
+    assert!(
+        !message.contains("sig=x"),
+        "no signed query in messages: {message}"
+    );
+    let digest = sha256(b"a layer");
+    let blob = mirror.get(&format!("/v2/evil/app/blobs/{digest}")).await;
+    assert_eq!(blob.status(), 502);
+
+    // Ordinary requests afterwards still answer upstream's own challenge, not the thief's.
+    let good = mirror.get_manifest("good/app", "latest").await;
+    assert_eq!(good.status(), 200);
+    assert_eq!(good.bytes().await.unwrap(), MANIFEST.as_bytes());
+
+    assert!(
+        thief.requests_to("/redirected").len() >= 2,
+        "the redirects were followed"
+    );
+    assert!(thief.requests_to("/steal").is_empty(), "{:?}", thief.seen());
+    assert!(
+        thief.seen().iter().all(|s| s.authorization.is_none()),
+        "the redirect target saw credentials or a token: {:?}",
+        thief.seen()
+    );
+    let token_requests = up.requests_to("/token");
+    assert!(!token_requests.is_empty());
+    assert!(token_requests.iter().all(|s| s
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.starts_with("Basic "))));
+}
+

@@ -7,7 +7,7 @@ use axum::Router;
 use http::{header, HeaderMap, StatusCode};
 use serde_json::Value;
 
-use crate::common::hostile::{self, challenge, has_token, Hostile, MANIFEST};
+use crate::common::hostile::{self, challenge, has_token, Hostile, MANIFEST, TOKEN};
 use crate::common::*;
 
 /// The status, OCI code and message of an error answer.
@@ -101,5 +101,35 @@ async fn a_redirect_targets_challenge_never_gets_the_credentials() {
         .authorization
         .as_deref()
         .is_some_and(|a| a.starts_with("Basic "))));
+}
+
+/// A registry whose token service (at `/token`) answers with `token`.
+async fn registry_with_token_service<H, T>(token: H) -> Hostile
+where
+    H: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    Hostile::start(|url| hostile::registry(&format!("{url}/token")).route("/token", get(token)))
+        .await
+}
+
+#[tokio::test]
+async fn absurd_or_unreadable_token_lifetimes_keep_the_token() {
+    for expires_in in ["18446744073709551615", "-5", "12.5", "1e300", "\"soon\""] {
+        let up = registry_with_token_service(move || async move {
+            format!(r#"{{"token":"{TOKEN}","expires_in":{expires_in}}}"#)
+        })
+        .await;
+        let mirror = MirrorSetup::new(&up.url).tag_ttl("0").start().await;
+        for _ in 0..3 {
+            let response = mirror.get_manifest("good/app", "latest").await;
+            assert_eq!(response.status(), 200, "expires_in {expires_in}");
+        }
+        assert_eq!(
+            up.requests_to("/token").len(),
+            1,
+            "expires_in {expires_in}: one token serves every request"
+        );
+    }
 }
 

@@ -1,6 +1,7 @@
 //! The upstream registry client: Docker Hub's token flow, redirects to its CDN, and errors
 //! that name the upstream URL.
 
+mod body;
 mod challenge;
 mod error;
 mod rate_limit;
@@ -17,8 +18,9 @@ use url::Url;
 use crate::config::{Credentials, ProxyConfig};
 use crate::registry::{Digest, Reference, RepoName};
 use crate::telemetry::Metrics;
+use body::read_at_most;
 pub use challenge::Challenge;
-pub use error::UpstreamError;
+pub use error::{FailureClass, UpstreamError};
 pub use rate_limit::{Quota, RateLimit};
 use token::TokenCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -149,7 +151,7 @@ impl Upstream {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let bytes = read_at_most(response, MAX_MANIFEST_BYTES, &url).await?;
+        let bytes = read_at_most(response, MAX_MANIFEST_BYTES, "manifest", &url).await?;
         Ok(FetchedManifest {
             bytes,
             media_type,
@@ -521,34 +523,6 @@ fn expect_success(
         status: status.as_u16(),
         retry_after,
     })
-}
-
-/// The body, refused as soon as it is known to exceed `limit` (from `Content-Length`, or while
-/// reading a chunked body that has none): an oversized answer is never buffered whole.
-async fn read_at_most(
-    mut response: reqwest::Response,
-    limit: u64,
-    url: &str,
-) -> Result<Bytes, UpstreamError> {
-    let too_large = || UpstreamError::BadResponse {
-        url: url.to_owned(),
-        reason: format!("manifest is larger than {limit} bytes"),
-    };
-    if content_length(response.headers()).is_some_and(|len| len > limit) {
-        return Err(too_large());
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| UpstreamError::unreachable(url, e))?
-    {
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 fn content_type(headers: &HeaderMap) -> String {

@@ -6,9 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::body::read_at_most;
+use super::error::strip_query;
 use super::{UpstreamError, METADATA_TIMEOUT};
 use crate::config::Credentials;
 use crate::telemetry::Metrics;
@@ -23,6 +26,8 @@ const MIN_LIFETIME: u64 = 60;
 /// The longest lifetime believed, so an absurd `expires_in` neither overflows the clock nor
 /// keeps a token long after its service has forgotten it. Docker Hub's last 300 seconds.
 const MAX_LIFETIME: u64 = 24 * 60 * 60;
+/// Real token responses are a few KiB (a JWT with its claims); anything near this is not one.
+const MAX_TOKEN_RESPONSE_BYTES: u64 = 64 * 1024;
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -111,24 +116,37 @@ async fn fetch(
         request = request.basic_auth(&c.username, Some(c.password.expose_secret()));
     }
     let requested_at = Instant::now();
+    let failed = |reason: String| UpstreamError::TokenServiceFailed {
+        realm: strip_query(realm),
+        scope: scope.to_owned(),
+        reason,
+    };
     let response = request
         .send()
         .await
-        .map_err(|e| UpstreamError::unreachable(realm, e))?;
+        .map_err(|e| failed(super::error::error_chain(e)))?;
     let status = response.status();
-    if !status.is_success() {
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         return Err(UpstreamError::TokenRefused {
-            realm: realm.to_owned(),
+            realm: strip_query(realm),
             scope: scope.to_owned(),
             status: status.as_u16(),
             with_credentials: credentials.is_some(),
         });
     }
-    let body: TokenResponse = response
-        .json()
+    if !status.is_success() {
+        // Not a verdict on the credentials (5xx, 429, a redirect we never follow with them).
+        return Err(failed(format!("it answered {status}")));
+    }
+    let body = read_at_most(response, MAX_TOKEN_RESPONSE_BYTES, "token response", realm)
         .await
-        .map_err(|e| UpstreamError::BadResponse {
-            url: realm.to_owned(),
+        .map_err(|e| match e {
+            UpstreamError::Unreachable { reason, .. } => failed(reason),
+            other => other,
+        })?;
+    let body: TokenResponse =
+        serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
+            url: strip_query(realm),
             reason: format!("token response is not the expected JSON: {e}"),
         })?;
     let token = body
@@ -136,7 +154,7 @@ async fn fetch(
         .or(body.access_token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| UpstreamError::BadResponse {
-            url: realm.to_owned(),
+            url: strip_query(realm),
             reason: "token response has neither `token` nor `access_token`".to_owned(),
         })?;
     let lifetime = lifetime_secs(body.expires_in.as_ref());

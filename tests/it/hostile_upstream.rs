@@ -1,9 +1,13 @@
 //! Upstreams, redirect targets and token services that lie, stall or flood: what the mirror
 //! sends them, what it keeps, and what a client is told.
 
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use futures::StreamExt as _;
 use http::{header, HeaderMap, StatusCode};
 use serde_json::Value;
 
@@ -131,5 +135,89 @@ async fn absurd_or_unreadable_token_lifetimes_keep_the_token() {
             "expires_in {expires_in}: one token serves every request"
         );
     }
+}
+
+#[tokio::test]
+async fn a_failing_token_service_is_unavailable_not_a_credentials_problem() {
+    // (token service answer, client status, OCI code, text the message must hold)
+    let cases: [(u16, u16, &str, &str); 4] = [
+        (500, 503, "UNAVAILABLE", "500"),
+        (503, 503, "UNAVAILABLE", "503"),
+        (401, 403, "DENIED", "proxy.password"),
+        (403, 403, "DENIED", "proxy.password"),
+    ];
+    for (token_status, status, code, detail) in cases {
+        let up = registry_with_token_service(move || async move {
+            StatusCode::from_u16(token_status).unwrap()
+        })
+        .await;
+        let mirror = MirrorSetup::new(&up.url).start().await;
+        let (got_status, got_code, message) =
+            failure(mirror.get_manifest("good/app", "latest").await).await;
+        assert_eq!(
+            (got_status, got_code.as_str()),
+            (status, code),
+            "token service {token_status}: {message}"
+        );
+        assert!(message.contains(&format!("{}/token", up.url)), "{message}");
+        assert!(message.contains(detail), "{message}");
+        let says_check_password = message.contains("proxy.password");
+        assert_eq!(says_check_password, status == 403, "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_body_that_breaks_off_is_unavailable() {
+    let up = registry_with_token_service(|| async {
+        // Announces 100 bytes, sends 10, then the connection fails.
+        let stream = futures::stream::iter([
+            Ok(bytes::Bytes::from_static(b"{\"token\":\"")),
+            Err(std::io::Error::other("cut")),
+        ]);
+        ([(header::CONTENT_LENGTH, "100")], Body::from_stream(stream))
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    let (status, code, message) = failure(mirror.get_manifest("good/app", "latest").await).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{message}");
+    assert!(message.contains(&format!("{}/token", up.url)), "{message}");
+}
+
+#[tokio::test]
+async fn a_token_service_that_stalls_mid_body_is_unavailable() {
+    let up = registry_with_token_service(|| async {
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+            b"{\"token\":\"",
+        ))])
+        .chain(futures::stream::pending());
+        ([(header::CONTENT_LENGTH, "100")], Body::from_stream(stream))
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    // The mirror's own deadline for small answers (30 s) ends the wait, not this one.
+    let response = tokio::time::timeout(
+        Duration::from_secs(90),
+        mirror.get_manifest("good/app", "latest"),
+    )
+    .await
+    .expect("the mirror answers within its deadline");
+    let (status, code, message) = failure(response).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{message}");
+    assert!(message.contains(&format!("{}/token", up.url)), "{message}");
+    assert!(message.contains("timed out"), "{message}");
+}
+
+#[tokio::test]
+async fn oversized_token_responses_are_refused() {
+    let up = registry_with_token_service(|| async {
+        let padding = "x".repeat(1024 * 1024);
+        format!(r#"{{"token":"{TOKEN}","padding":"{padding}"}}"#)
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    let (status, code, message) = failure(mirror.get_manifest("good/app", "latest").await).await;
+    assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
+    assert!(message.contains(&format!("{}/token", up.url)), "{message}");
+    assert!(message.contains("larger than 65536 bytes"), "{message}");
 }
 

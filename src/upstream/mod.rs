@@ -5,6 +5,7 @@ mod body;
 mod challenge;
 mod error;
 mod rate_limit;
+mod tag_list;
 mod token;
 
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,7 @@ use body::read_at_most;
 pub use challenge::Challenge;
 pub use error::{FailureClass, UpstreamError};
 pub use rate_limit::{Quota, RateLimit};
+pub use tag_list::{MAX_TAGS, MAX_TAG_PAGES, MAX_TAG_PAGE_BYTES, TAG_PAGE_SIZE};
 use token::TokenCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -248,44 +250,6 @@ impl Upstream {
         content_length(response.headers()).ok_or_else(|| UpstreamError::BadResponse {
             url,
             reason: "blob HEAD has no Content-Length".to_owned(),
-        })
-    }
-
-    /// One page of the repository's tags.
-    pub async fn tags(
-        &self,
-        repo: &RepoName,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<TagPage, UpstreamError> {
-        let mut url = Url::parse(&self.url(repo, "tags/list"))
-            .map_err(|e| UpstreamError::bad_response(self.base.as_str(), e))?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(n) = n {
-                query.append_pair("n", &n.to_string());
-            }
-            if let Some(last) = last {
-                query.append_pair("last", last);
-            }
-        }
-        let url = url.to_string();
-        let response = self
-            .send(repo, Method::GET, &url, HeaderMap::new(), true)
-            .await?;
-        let response = expect_success(response, &url)?;
-        let more = response.headers().contains_key(header::LINK);
-        #[derive(serde::Deserialize)]
-        struct TagList {
-            tags: Option<Vec<String>>,
-        }
-        let list: TagList = response
-            .json()
-            .await
-            .map_err(|e| UpstreamError::bad_response(&url, e))?;
-        Ok(TagPage {
-            tags: list.tags.unwrap_or_default(),
-            more,
         })
     }
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::response::IntoResponse;
+use axum::extract::Query;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt as _;
@@ -219,5 +220,138 @@ async fn oversized_token_responses_are_refused() {
     assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
     assert!(message.contains(&format!("{}/token", up.url)), "{message}");
     assert!(message.contains("larger than 65536 bytes"), "{message}");
+}
+
+#[tokio::test]
+async fn a_huge_tag_list_is_refused_while_it_streams() {
+    let up = Hostile::start(|_| {
+        Router::new()
+            .route("/v2/", get(|| async { StatusCode::OK }))
+            .route(
+                "/v2/big/app/tags/list",
+                get(|| async {
+                    // 64 MiB of tags, chunked (no Content-Length), ignoring `n`.
+                    let head = futures::stream::once(async {
+                        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"tags\":[\"t\""))
+                    });
+                    let chunk = bytes::Bytes::from(",\"tag-padding\"".repeat(64 * 1024));
+                    let tail = futures::stream::repeat_with(move || Ok(chunk.clone())).take(75);
+                    Body::from_stream(head.chain(tail))
+                }),
+            )
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).anonymous().start().await;
+    let (status, code, message) = failure(mirror.get("/v2/big/app/tags/list").await).await;
+    assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
+    assert!(
+        message.contains(&format!("{}/v2/big/app/tags/list", up.url)),
+        "{message}"
+    );
+    assert!(message.contains("larger than 4194304 bytes"), "{message}");
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    n: Option<usize>,
+    last: Option<String>,
+}
+
+/// Tag `i` of an endless list, in lexical order.
+fn endless_tag(i: usize) -> String {
+    format!("t{i:09}")
+}
+
+/// An endless tag list: every page holds `n` (at most 1000) more tags and links the next.
+async fn endless_page(Query(page): Query<PageQuery>) -> Response {
+    let first = page
+        .last
+        .and_then(|l| l.strip_prefix('t')?.parse::<usize>().ok())
+        .map_or(0, |l| l + 1);
+    let n = page.n.unwrap_or(1000).min(1000);
+    let tags: Vec<String> = (first..first + n).map(endless_tag).collect();
+    let link = format!(
+        "</v2/endless/app/tags/list?n={n}&last={}>; rel=\"next\"",
+        tags.last().unwrap()
+    );
+    (
+        [(header::LINK, link)],
+        axum::Json(serde_json::json!({ "name": "endless/app", "tags": tags })),
+    )
+        .into_response()
+}
+
+#[tokio::test]
+async fn long_tag_lists_are_read_page_by_page_up_to_a_cap() {
+    let up = Hostile::start(|_| {
+        Router::new()
+            .route("/v2/", get(|| async { StatusCode::OK }))
+            .route("/v2/endless/app/tags/list", get(endless_page))
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).anonymous().start().await;
+
+    // No `n`: pages are followed up to the cap, and the answer links on from there.
+    let response = mirror.get("/v2/endless/app/tags/list").await;
+    assert_eq!(response.status(), 200);
+    let link = header(&response, "link");
+    let body: Value = response.json().await.unwrap();
+    let tags = body["tags"].as_array().unwrap();
+    assert_eq!(tags.len(), cistern::upstream::MAX_TAGS);
+    assert_eq!(tags[0], endless_tag(0));
+    assert_eq!(
+        tags[tags.len() - 1],
+        endless_tag(cistern::upstream::MAX_TAGS - 1)
+    );
+    let pages = up.requests_to("/v2/endless/app/tags/list");
+    assert_eq!(
+        pages.len(),
+        cistern::upstream::MAX_TAGS / cistern::upstream::TAG_PAGE_SIZE
+    );
+    assert!(pages.iter().all(|p| p.path.contains("n=1000")), "{pages:?}");
+    let last = endless_tag(cistern::upstream::MAX_TAGS - 1);
+    assert!(link.contains(&format!("last={last}")), "{link}");
+
+    // The client's `n` is the page size upstream is asked for: one request.
+    let before = up.requests_to("/v2/endless/app/tags/list").len();
+    let response = mirror
+        .get(&format!("/v2/endless/app/tags/list?n=5&last={last}"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let expected: Vec<String> = (10_000..10_005).map(endless_tag).collect();
+    assert_eq!(body["tags"], serde_json::json!(expected));
+    assert_eq!(
+        up.requests_to("/v2/endless/app/tags/list").len(),
+        before + 1
+    );
+}
+
+#[tokio::test]
+async fn a_tag_list_link_to_another_origin_is_not_followed() {
+    let thief = Hostile::start(|_| Router::new()).await;
+    let thief_url = thief.url.clone();
+    let up = Hostile::start(move |url| {
+        let realm = format!("{url}/token");
+        let page = move |headers: HeaderMap| {
+            let (realm, thief_url) = (realm.clone(), thief_url.clone());
+            async move {
+                if !has_token(&headers) {
+                    return challenge(&realm);
+                }
+                let link = format!("<{thief_url}/v2/evil/app/tags/list?n=1>; rel=\"next\"");
+                ([(header::LINK, link)], r#"{"tags":["a"]}"#).into_response()
+            }
+        };
+        hostile::registry(&format!("{url}/token"))
+            .route("/token", get(hostile::token_service))
+            .route("/v2/evil/app/tags/list", get(page))
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    let (status, code, message) = failure(mirror.get("/v2/evil/app/tags/list").await).await;
+    assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
+    assert!(message.contains("another origin"), "{message}");
+    assert!(thief.seen().is_empty(), "{:?}", thief.seen());
 }
 

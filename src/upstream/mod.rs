@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::config::{Credentials, ProxyConfig};
-use crate::registry::{Digest, Reference, RepoName};
+use crate::registry::{check_manifest, Digest, Reference, RepoName};
 use crate::telemetry::Metrics;
 use body::read_at_most;
 pub use challenge::Challenge;
@@ -39,6 +39,8 @@ const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 /// A manifest as upstream sent it.
 pub struct FetchedManifest {
     pub bytes: Bytes,
+    /// Upstream's Content-Type, checked against the body (or, when upstream sent none that
+    /// says anything, the type the body declares).
     pub media_type: String,
     /// The digest upstream claims in `Docker-Content-Digest`, checked against the bytes.
     pub digest_header: Option<Digest>,
@@ -154,6 +156,10 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
         let bytes = read_at_most(response, MAX_MANIFEST_BYTES, "manifest", &url).await?;
+        // Whatever is returned here gets stored and served as a manifest: a body that is not
+        // one (truncated, an HTML error page, the wrong type) is upstream's failure, not content.
+        let media_type = check_manifest(&bytes, &media_type)
+            .map_err(|e| UpstreamError::bad_response(&url, e))?;
         Ok(FetchedManifest {
             bytes,
             media_type,

@@ -355,3 +355,96 @@ async fn a_tag_list_link_to_another_origin_is_not_followed() {
     assert!(thief.seen().is_empty(), "{:?}", thief.seen());
 }
 
+/// A registry serving `bogus/app:<case>` as `body` with `content_type` and no digest header.
+async fn manifest_server(cases: Vec<(&'static str, &'static str, &'static str)>) -> Hostile {
+    Hostile::start(move |_| {
+        let mut router = Router::new().route("/v2/", get(|| async { StatusCode::OK }));
+        for (tag, content_type, body) in cases {
+            router = router.route(
+                &format!("/v2/bogus/app/manifests/{tag}"),
+                get(move || async move {
+                    let mut response = body.into_response();
+                    response.headers_mut().remove(header::CONTENT_TYPE);
+                    if !content_type.is_empty() {
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+                    }
+                    response
+                }),
+            );
+        }
+        router
+    })
+    .await
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_manifests_are_refused_and_not_stored() {
+    let short = &MANIFEST[..10];
+    let cases = vec![
+        // Cut to a 10-byte Content-Length, no Docker-Content-Digest to catch it.
+        ("short", OCI_MANIFEST, short),
+        ("html", "text/html", "<html>rate limited, try later</html>"),
+        ("array", OCI_MANIFEST, "[1, 2, 3]"),
+        (
+            "nolayers",
+            OCI_MANIFEST,
+            r#"{"schemaVersion":2,"config":{"digest":"sha256:a"}}"#,
+        ),
+        ("disagrees", OCI_INDEX, MANIFEST),
+        ("nomanifests", DOCKER_LIST, r#"{"schemaVersion":2}"#),
+    ];
+    let up = manifest_server(cases.clone()).await;
+    let mirror = MirrorSetup::new(&up.url).anonymous().start().await;
+    for (tag, _, _) in &cases {
+        let (status, code, message) = failure(mirror.get_manifest("bogus/app", tag).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (502, "UNKNOWN"),
+            "{tag}: {message}"
+        );
+        assert!(
+            message.contains(&format!("{}/v2/bogus/app/manifests/{tag}", up.url)),
+            "{message}"
+        );
+    }
+    let stored = mirror.stored_files();
+    assert!(
+        stored.iter().all(|f| !f.starts_with("blobs/")),
+        "nothing stored: {stored:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_manifest_without_a_content_type_takes_the_type_it_declares() {
+    let up = manifest_server(vec![("untyped", "", MANIFEST)]).await;
+    let mirror = MirrorSetup::new(&up.url).anonymous().start().await;
+    let response = mirror.get_manifest("bogus/app", "untyped").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), OCI_MANIFEST);
+    assert_eq!(response.bytes().await.unwrap(), MANIFEST.as_bytes());
+}
+
+#[tokio::test]
+async fn a_manifest_body_shorter_than_its_content_length_is_an_error() {
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {OCI_MANIFEST}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        MANIFEST.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&MANIFEST.as_bytes()[..10]);
+    let url = hostile::raw(answer).await;
+    let mirror = MirrorSetup::new(&url).anonymous().start().await;
+    let (status, code, message) = failure(mirror.get_manifest("cut/app", "latest").await).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{message}");
+    assert!(
+        message.contains(&format!("{url}/v2/cut/app/manifests/latest")),
+        "{message}"
+    );
+    let stored = mirror.stored_files();
+    assert!(
+        stored.iter().all(|f| !f.starts_with("blobs/")),
+        "nothing stored: {stored:?}"
+    );
+}

@@ -169,19 +169,20 @@ async fn a_failing_token_service_is_unavailable_not_a_credentials_problem() {
 
 #[tokio::test]
 async fn a_token_body_that_breaks_off_is_unavailable() {
-    let up = registry_with_token_service(|| async {
-        // Announces 100 bytes, sends 10, then the connection fails.
-        let stream = futures::stream::iter([
-            Ok(bytes::Bytes::from_static(b"{\"token\":\"")),
-            Err(std::io::Error::other("cut")),
-        ]);
-        ([(header::CONTENT_LENGTH, "100")], Body::from_stream(stream))
-    })
+    // Announces 100 bytes, sends 10, closes. (Raw: hyper would not send the head of a
+    // response whose body fails before its first write.)
+    let token_url = hostile::raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\
+          connection: close\r\n\r\n{\"token\":\""
+            .to_vec(),
+    )
     .await;
+    let up = Hostile::start(|_| hostile::registry(&token_url)).await;
     let mirror = MirrorSetup::new(&up.url).start().await;
     let (status, code, message) = failure(mirror.get_manifest("good/app", "latest").await).await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{message}");
-    assert!(message.contains(&format!("{}/token", up.url)), "{message}");
+    assert!(message.contains(&token_url), "{message}");
+    assert!(message.contains("broke off"), "{message}");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use crate::cache::CacheError;
 use crate::registry::{DigestError, NameError, RepoName, TagError};
 use crate::storage::StorageError;
 use crate::telemetry::StorageFailed;
-use crate::upstream::UpstreamError;
+use crate::upstream::{FailureClass, UpstreamError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -182,33 +182,20 @@ impl From<UpstreamError> for ApiError {
 impl From<&UpstreamError> for ApiError {
     fn from(e: &UpstreamError) -> Self {
         let message = e.to_string();
-        match e {
-            UpstreamError::Status {
-                status: 401 | 403, ..
-            }
-            | UpstreamError::TokenRefused { .. } => {
-                Self::new(StatusCode::FORBIDDEN, "DENIED", message)
-            }
-            UpstreamError::Status {
-                status: 429,
-                retry_after,
-                ..
-            } => {
+        match e.class() {
+            FailureClass::Denied => Self::new(StatusCode::FORBIDDEN, "DENIED", message),
+            FailureClass::RateLimited => {
                 let error = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
-                match retry_after {
-                    Some(after) => error.with_header(header::RETRY_AFTER, after.clone()),
+                match e.retry_after() {
+                    Some(after) => error.with_header(header::RETRY_AFTER, after.to_owned()),
                     None => error,
                 }
             }
-            UpstreamError::Status { status: 404, .. } => {
-                Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
-            }
-            UpstreamError::Status { .. } | UpstreamError::Unreachable { .. } => {
+            FailureClass::NotFound => Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message),
+            FailureClass::Unavailable => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
-            UpstreamError::BadResponse { .. } => {
-                Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
-            }
+            FailureClass::BadGateway => Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
         }
     }
 }

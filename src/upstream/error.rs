@@ -18,23 +18,40 @@ pub enum UpstreamError {
         status: u16,
         with_credentials: bool,
     },
+    /// The token service failed to answer (down, 5xx, stalled, cut off, oversized): nothing
+    /// to do with the credentials, so not a refusal.
+    #[error("upstream token service {realm} failed to issue a token for {scope}: {reason}")]
+    TokenServiceFailed {
+        realm: String,
+        scope: String,
+        reason: String,
+    },
     #[error("upstream {url} sent an unusable response: {reason}")]
     BadResponse { url: String, reason: String },
 }
 
+/// What kind of failure an upstream error is. The one classification both decisions made on
+/// an error read: whether to try again soon ([`UpstreamError::is_transient`]) and which
+/// status the client is told (`api/error.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Upstream, or its token service, refused our credentials or the repository.
+    Denied,
+    /// Upstream said the thing does not exist.
+    NotFound,
+    /// Upstream asked us to slow down.
+    RateLimited,
+    /// Upstream (or its token service) is down, failing, or stopped answering.
+    Unavailable,
+    /// Upstream answered, but with something we cannot use.
+    BadGateway,
+}
+
 impl UpstreamError {
     pub fn unreachable(url: &str, error: reqwest::Error) -> Self {
-        // reqwest's Display omits the cause (refused, timed out, DNS); walk the chain for it.
-        let error = error.without_url();
-        let mut reason = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            reason = format!("{reason}: {cause}");
-            source = cause.source();
-        }
         UpstreamError::Unreachable {
             url: strip_query(url),
-            reason,
+            reason: error_chain(error),
         }
     }
 
@@ -45,23 +62,61 @@ impl UpstreamError {
         }
     }
 
+    pub fn class(&self) -> FailureClass {
+        match self {
+            UpstreamError::Status {
+                status: 401 | 403, ..
+            }
+            | UpstreamError::TokenRefused { .. } => FailureClass::Denied,
+            UpstreamError::Status { status: 404, .. } => FailureClass::NotFound,
+            UpstreamError::Status { status: 429, .. } => FailureClass::RateLimited,
+            UpstreamError::Status { .. }
+            | UpstreamError::Unreachable { .. }
+            | UpstreamError::TokenServiceFailed { .. } => FailureClass::Unavailable,
+            UpstreamError::BadResponse { .. } => FailureClass::BadGateway,
+        }
+    }
+
     /// Worth asking again shortly: the network, or upstream being busy or broken, rather than
     /// an answer about the thing itself (missing, forbidden).
     pub fn is_transient(&self) -> bool {
         match self {
-            UpstreamError::Unreachable { .. } | UpstreamError::BadResponse { .. } => true,
+            // Any other 4xx is an answer about the request, not a passing state.
             UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
-            UpstreamError::TokenRefused { .. } => false,
+            _ => matches!(
+                self.class(),
+                FailureClass::Unavailable | FailureClass::BadGateway
+            ),
         }
     }
 
     /// The upstream said the thing does not exist (as opposed to failing to answer).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, UpstreamError::Status { status: 404, .. })
+        self.class() == FailureClass::NotFound
+    }
+
+    /// `Retry-After` as upstream sent it with a 429.
+    pub fn retry_after(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Status { retry_after, .. } => retry_after.as_deref(),
+            _ => None,
+        }
     }
 }
 
+/// reqwest's Display omits the cause (refused, timed out, DNS, body cut); walk the chain for it.
+pub(super) fn error_chain(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason = format!("{reason}: {cause}");
+        source = cause.source();
+    }
+    reason
+}
+
 /// CDN redirect URLs carry signatures in their query; keep them out of messages.
-fn strip_query(url: &str) -> String {
+pub(super) fn strip_query(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_owned()
 }

@@ -1,9 +1,11 @@
 //! The upstream registry client: Docker Hub's token flow, redirects to its CDN, and errors
 //! that name the upstream URL.
 
+mod body;
 mod challenge;
 mod error;
 mod rate_limit;
+mod tag_list;
 mod token;
 
 use std::sync::{Arc, RwLock};
@@ -15,11 +17,13 @@ use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::config::{Credentials, ProxyConfig};
-use crate::registry::{Digest, Reference, RepoName};
+use crate::registry::{check_manifest, Digest, Reference, RepoName};
 use crate::telemetry::Metrics;
+use body::read_at_most;
 pub use challenge::Challenge;
-pub use error::UpstreamError;
+pub use error::{FailureClass, UpstreamError};
 pub use rate_limit::{Quota, RateLimit};
+pub use tag_list::{MAX_TAGS, MAX_TAG_PAGES, MAX_TAG_PAGE_BYTES, TAG_PAGE_SIZE};
 use token::TokenCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -35,6 +39,8 @@ const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 /// A manifest as upstream sent it.
 pub struct FetchedManifest {
     pub bytes: Bytes,
+    /// Upstream's Content-Type, checked against the body (or, when upstream sent none that
+    /// says anything, the type the body declares).
     pub media_type: String,
     /// The digest upstream claims in `Docker-Content-Digest`, checked against the bytes.
     pub digest_header: Option<Digest>,
@@ -149,7 +155,11 @@ impl Upstream {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let bytes = read_at_most(response, MAX_MANIFEST_BYTES, &url).await?;
+        let bytes = read_at_most(response, MAX_MANIFEST_BYTES, "manifest", &url).await?;
+        // Whatever is returned here gets stored and served as a manifest: a body that is not
+        // one (truncated, an HTML error page, the wrong type) is upstream's failure, not content.
+        let media_type = check_manifest(&bytes, &media_type)
+            .map_err(|e| UpstreamError::bad_response(&url, e))?;
         Ok(FetchedManifest {
             bytes,
             media_type,
@@ -249,47 +259,10 @@ impl Upstream {
         })
     }
 
-    /// One page of the repository's tags.
-    pub async fn tags(
-        &self,
-        repo: &RepoName,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<TagPage, UpstreamError> {
-        let mut url = Url::parse(&self.url(repo, "tags/list"))
-            .map_err(|e| UpstreamError::bad_response(self.base.as_str(), e))?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(n) = n {
-                query.append_pair("n", &n.to_string());
-            }
-            if let Some(last) = last {
-                query.append_pair("last", last);
-            }
-        }
-        let url = url.to_string();
-        let response = self
-            .send(repo, Method::GET, &url, HeaderMap::new(), true)
-            .await?;
-        let response = expect_success(response, &url)?;
-        let more = response.headers().contains_key(header::LINK);
-        #[derive(serde::Deserialize)]
-        struct TagList {
-            tags: Option<Vec<String>>,
-        }
-        let list: TagList = response
-            .json()
-            .await
-            .map_err(|e| UpstreamError::bad_response(&url, e))?;
-        Ok(TagPage {
-            tags: list.tags.unwrap_or_default(),
-            more,
-        })
-    }
-
     /// Sends a request with whatever authentication upstream asks for: on a 401 it learns the
     /// challenge, fetches a fresh token, and retries once. Redirects (Docker Hub sends blob GETs
-    /// to its CDN) are followed without the Authorization header when they leave the origin.
+    /// to its CDN) are followed without the Authorization header when they leave the origin, and
+    /// a 401 from a redirect target is an error, never a challenge to answer.
     async fn send(
         &self,
         repo: &RepoName,
@@ -441,6 +414,17 @@ impl Upstream {
             self.metrics
                 .upstream_request(request_kind(url), method, status);
             let response = sent.map_err(|e| UpstreamError::unreachable(current.as_str(), e))?;
+            if response.status() == StatusCode::UNAUTHORIZED && !same_origin(&current, &self.base) {
+                // Only the configured upstream's own challenge is answered: one from wherever it
+                // redirected us would have us send our credentials, or a token, to a third party.
+                return Err(UpstreamError::bad_response(
+                    current.as_str(),
+                    format!(
+                        "{url} redirected here and this answered 401; credentials only go to \
+                         the realm the upstream itself names"
+                    ),
+                ));
+            }
             if !response.status().is_redirection() {
                 return Ok(response);
             }
@@ -509,34 +493,6 @@ fn expect_success(
         status: status.as_u16(),
         retry_after,
     })
-}
-
-/// The body, refused as soon as it is known to exceed `limit` (from `Content-Length`, or while
-/// reading a chunked body that has none): an oversized answer is never buffered whole.
-async fn read_at_most(
-    mut response: reqwest::Response,
-    limit: u64,
-    url: &str,
-) -> Result<Bytes, UpstreamError> {
-    let too_large = || UpstreamError::BadResponse {
-        url: url.to_owned(),
-        reason: format!("manifest is larger than {limit} bytes"),
-    };
-    if content_length(response.headers()).is_some_and(|len| len > limit) {
-        return Err(too_large());
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| UpstreamError::unreachable(url, e))?
-    {
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 fn content_type(headers: &HeaderMap) -> String {

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod fault_proxy;
+pub mod hostile;
 pub mod moto;
 pub mod upstream;
 

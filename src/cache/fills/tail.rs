@@ -11,7 +11,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::fill::{Fill, FillState, Progress};
+use super::{Fill, FillState, Progress};
 use crate::storage::SpoolReader;
 
 /// The most read from the spool at once for one client.
@@ -36,7 +36,7 @@ impl Fill {
         range: Option<Range<u64>>,
     ) -> BoxStream<'static, std::io::Result<Bytes>> {
         let tail = Tail {
-            reader: self.reader(),
+            reader: self.reader.clone(),
             progress: self.watch(),
             position: range.as_ref().map_or(0, |r| r.start),
             end: range.map(|r| r.end),

@@ -67,3 +67,41 @@ async fn clients_waiting_on_a_failing_manifest_share_one_upstream_get_and_its_fa
         "the waiters shared the failed attempt instead of each taking a turn"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_announced_empty_is_a_502_for_every_client_and_never_cached() {
+    let up = FakeUpstream::start().await;
+    let bytes = content("announced-empty", 64 * 1024);
+    let digest = up.add_blob("org/app", &bytes);
+    // Upstream answers 200 with Content-Length: 0 for a digest that is not the empty blob's.
+    up.state
+        .repos
+        .lock()
+        .unwrap()
+        .get_mut("org/app")
+        .unwrap()
+        .blobs
+        .insert(digest.clone(), Bytes::new());
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    let path = format!("/v2/org/app/blobs/{digest}");
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let (http, url) = (mirror.http.clone(), format!("{}{path}", mirror.url));
+        clients.push(tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.map(|b| b.len()))
+        }));
+    }
+    for client in clients {
+        let (status, body) = client.await.unwrap();
+        assert_eq!(status, 502, "an empty body for {digest} (body: {body:?})");
+    }
+    assert!(!mirror.has_content(&digest));
+
+    // Upstream fixed: the next request fetches the real bytes.
+    up.add_blob("org/app", &bytes);
+    let fixed = mirror.get(&path).await;
+    assert_eq!(fixed.status(), 200);
+    assert!(fixed.bytes().await.unwrap() == bytes);
+}

@@ -69,7 +69,9 @@ impl Tail {
                 progress.total
             };
             let end = self.end.or(blob_end);
-            if end.is_some_and(|end| self.position >= end) {
+            // Only a verified fill ends a stream cleanly (an announced length of 0 reaches its
+            // end before a byte arrived).
+            if verified && end.is_some_and(|end| self.position >= end) {
                 self.done = true;
                 return None;
             }

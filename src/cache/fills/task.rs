@@ -121,6 +121,18 @@ impl FillTask {
             .get_blob(&self.repo, &self.digest)
             .await?;
         let total = response.content_length();
+        // Only the empty blob has no bytes: an empty body announced for any other digest is
+        // wrong already, and must fail before a client is told the length (a 200 with
+        // Content-Length 0 and nothing to hold back would be a complete, wrong answer).
+        let empty = self.digest.recompute(b"");
+        if total == Some(0) && empty != self.digest {
+            return Err(CacheError::DigestMismatch {
+                what: "blob",
+                url: self.url.clone(),
+                expected: self.digest.clone(),
+                actual: empty,
+            });
+        }
         publisher.publish(|p| {
             p.total = total;
             p.state = FillState::Receiving;

@@ -8,6 +8,8 @@ use crate::common::*;
 use bytes::Bytes;
 use reqwest::Method;
 
+const MIB: usize = 1024 * 1024;
+
 /// A bound for things that should happen in a few seconds; never a pacing sleep.
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -104,4 +106,57 @@ async fn a_blob_announced_empty_is_a_502_for_every_client_and_never_cached() {
     let fixed = mirror.get(&path).await;
     assert_eq!(fixed.status(), 200);
     assert!(fixed.bytes().await.unwrap() == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_of_a_cold_blob_is_complete_only_once_the_blob_verified() {
+    let up = FakeUpstream::start().await;
+    let bytes = content("range-of-corrupt", 8 * MIB);
+    let digest = up.add_blob("org/app", &bytes);
+    up.state.corrupt.lock().unwrap().push(digest.clone());
+    let proxy = FaultProxy::start(&up.url).await;
+    proxy.inject(
+        "/blobs/",
+        Fault::Slow {
+            bytes_per_sec: 4 * MIB as u64,
+        },
+        2,
+    );
+    let mirror = MirrorSetup::new(&proxy.url).start().await;
+    let path = format!("/v2/org/app/blobs/{digest}");
+
+    // The whole-blob client starts the fill; the range client joins it while it runs. Its
+    // 16 bytes arrive long before the (corrupt) blob is complete, but they are unverified.
+    let whole = mirror.get(&path).await;
+    assert_eq!(whole.status(), 200);
+    let range = mirror.get_range(&path, "bytes=0-15").await;
+    if range.status() == 206 {
+        assert!(
+            range.bytes().await.is_err(),
+            "a complete 206 of bytes that failed verification"
+        );
+    } else {
+        assert_eq!(range.status(), 502);
+    }
+    assert!(
+        whole.bytes().await.is_err(),
+        "the corrupt blob is not served"
+    );
+    assert!(!mirror.has_content(&digest));
+
+    // Upstream fixed: a range during the fill streams and completes with exact bytes.
+    up.state.corrupt.lock().unwrap().clear();
+    let whole = mirror.get(&path).await;
+    assert_eq!(whole.status(), 200);
+    let range = mirror.get_range(&path, "bytes=1000-1015").await;
+    assert_eq!(range.status(), 206);
+    assert_eq!(
+        header(&range, "content-range"),
+        format!("bytes 1000-1015/{}", bytes.len())
+    );
+    assert!(range.bytes().await.unwrap() == bytes[1000..1016]);
+    assert!(whole.bytes().await.unwrap() == bytes);
+    let cached = mirror.get_range(&path, "bytes=0-15").await;
+    assert_eq!(cached.status(), 206);
+    assert!(cached.bytes().await.unwrap() == bytes[..16]);
 }

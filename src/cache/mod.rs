@@ -21,7 +21,7 @@ use crate::registry::{Digest, RepoName};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
-use fills::{FillInputs, Fills};
+use fills::{FillInputs, Fills, RateFloor};
 use manifests::ManifestFlights;
 use not_found::NotFound;
 
@@ -55,6 +55,13 @@ pub enum CacheError {
     },
     #[error("upstream {url} broke off after {received} bytes and could not be resumed: {reason}")]
     UpstreamBroke {
+        url: String,
+        received: u64,
+        reason: String,
+    },
+    /// Upstream sent a blob too slowly to keep its fetch slot (`proxy.fillminrate`).
+    #[error("upstream {url} was too slow after {received} bytes: {reason}")]
+    UpstreamTooSlow {
         url: String,
         received: u64,
         reason: String,
@@ -103,6 +110,10 @@ impl Cache {
             storage: storage.clone(),
             upstream: upstream.clone(),
             metrics: metrics.clone(),
+            rate_floor: RateFloor {
+                min_bytes_per_sec: proxy.fill_min_rate,
+                window: proxy.fill_rate_window,
+            },
         };
         Cache {
             inner: Arc::new(Inner {

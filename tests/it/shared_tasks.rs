@@ -160,3 +160,50 @@ async fn a_range_of_a_cold_blob_is_complete_only_once_the_blob_verified() {
     assert_eq!(cached.status(), 206);
     assert!(cached.bytes().await.unwrap() == bytes[..16]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_trickling_fill_gives_up_its_fetch_slot() {
+    let up = FakeUpstream::start().await;
+    let trickling = content("trickling", MIB);
+    let trickling_digest = up.add_blob("org/app", &trickling);
+    let other = content("other", MIB);
+    let other_digest = up.add_blob("org/app", &other);
+    let proxy = FaultProxy::start(&up.url).await;
+    // Headers at once, then a byte a second: the fill holds the only slot.
+    proxy.inject(&trickling_digest, Fault::Slow { bytes_per_sec: 1 }, 1);
+    let mirror = MirrorSetup::new(&proxy.url)
+        .proxy_option("maxfetches: 1")
+        .proxy_option("fillminrate: 1024")
+        .proxy_option("fillratewindow: 1s")
+        .start()
+        .await;
+
+    let client = mirror
+        .get(&format!("/v2/org/app/blobs/{trickling_digest}"))
+        .await;
+    assert_eq!(client.status(), 200);
+    drop(client); // the client gives up
+
+    let served = within(
+        "another cold blob while a trickling fill was abandoned",
+        async {
+            let response = mirror
+                .get(&format!("/v2/org/app/blobs/{other_digest}"))
+                .await;
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap()
+        },
+    )
+    .await;
+    assert!(served == other);
+
+    // The abandoned blob is fetched again, whole, by the next client.
+    let again = mirror
+        .get(&format!("/v2/org/app/blobs/{trickling_digest}"))
+        .await;
+    assert!(again.bytes().await.unwrap() == trickling);
+    assert_eq!(
+        up.count(Method::GET, &format!("/blobs/{trickling_digest}")),
+        2
+    );
+}

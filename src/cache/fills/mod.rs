@@ -13,9 +13,11 @@
 //! what it needs (`FillInputs`) and nothing else of the cache.
 
 mod pipeline;
+mod rate_floor;
 mod tail;
 mod task;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -26,6 +28,7 @@ use crate::registry::{Digest, RepoName};
 use crate::storage::{SpoolReader, Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
+pub use rate_floor::RateFloor;
 
 /// How far a fill got; readers watch it change.
 #[derive(Clone, Debug)]
@@ -64,6 +67,8 @@ pub struct Fill {
     pub digest: Digest,
     reader: SpoolReader,
     progress: watch::Receiver<Progress>,
+    /// Clients streaming the blob right now; a fill nobody reads is held to the rate floor.
+    readers: Arc<AtomicUsize>,
 }
 
 /// What a fill task needs from the cache.
@@ -72,6 +77,7 @@ pub struct FillInputs {
     pub storage: Storage,
     pub upstream: Arc<Upstream>,
     pub metrics: Metrics,
+    pub rate_floor: RateFloor,
 }
 
 /// The fills in flight, by digest.
@@ -107,13 +113,15 @@ impl Fills {
                     key: inputs.storage.spool().path().display().to_string(),
                     source,
                 })?;
+            let readers = Arc::new(AtomicUsize::new(0));
             let fill = Arc::new(Fill {
                 repo: repo.clone(),
                 digest: digest.clone(),
                 reader: spool.reader(),
                 progress,
+                readers: readers.clone(),
             });
-            let task = task::FillTask::new(inputs.clone(), repo, digest, spool);
+            let task = task::FillTask::new(inputs.clone(), repo, digest, spool, readers);
             Ok((fill, move |publisher| task.run(publisher)))
         })
     }
@@ -138,5 +146,20 @@ impl Fill {
 
     fn watch(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
+    }
+
+    /// Counts one client reading the blob for as long as the returned guard lives.
+    fn reading(&self) -> Reading {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        Reading(self.readers.clone())
+    }
+}
+
+/// One client streaming a fill.
+struct Reading(Arc<AtomicUsize>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

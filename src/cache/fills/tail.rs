@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{Fill, FillState, Progress};
+use super::{Fill, FillState, Progress, Reading};
 use crate::storage::SpoolReader;
 
 /// The most read from the spool at once for one client.
@@ -29,6 +29,8 @@ struct Tail {
     /// The fill task is gone; no more progress will come.
     fill_gone: bool,
     done: bool,
+    /// Counts this client as reading the fill while the stream lives.
+    _reading: Reading,
 }
 
 impl Fill {
@@ -44,6 +46,7 @@ impl Fill {
             end: range.map(|r| r.end),
             fill_gone: false,
             done: false,
+            _reading: self.reading(),
         };
         futures::stream::unfold(tail, |mut tail| async move {
             let item = tail.next_chunk().await?;

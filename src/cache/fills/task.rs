@@ -4,12 +4,14 @@
 //! with backoff), still hashing the whole blob. The task belongs to no client, and is owned by
 //! no cache: it gets its inputs, and its publisher settles the outcome however it ends.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 use super::pipeline::Pipeline;
+use super::rate_floor::RateWatch;
 use super::{Fill, FillInputs, FillState, Progress};
 use crate::cache::records::BlobLink;
 use crate::cache::single_flight::Publisher;
@@ -36,6 +38,10 @@ pub(super) struct FillTask {
     /// On an object store: the multipart upload the blob streams into as it arrives, completed
     /// only after the digest matched. None on the filesystem, where the spool is renamed.
     upload: Option<ContentWriter>,
+    /// Clients reading the fill right now.
+    readers: Arc<AtomicUsize>,
+    /// Gives up on an upstream sending too slowly (`proxy.fillminrate`).
+    rate: RateWatch,
     /// Where the fill's time went, logged with the cached blob.
     phases: Phases,
 }
@@ -65,14 +71,17 @@ impl FillTask {
         repo: &RepoName,
         digest: &Digest,
         spool: SpoolFile,
+        readers: Arc<AtomicUsize>,
     ) -> Self {
         FillTask {
             url: inputs.upstream.blob_url(repo, digest),
+            rate: inputs.rate_floor.watch(),
             inputs,
             repo: repo.clone(),
             digest: digest.clone(),
             spool,
             upload: None,
+            readers,
             phases: Phases::default(),
         }
     }
@@ -137,6 +146,7 @@ impl FillTask {
             p.total = total;
             p.state = FillState::Receiving;
         });
+        self.rate = self.inputs.rate_floor.watch();
         let pipeline = Pipeline::start(
             self.digest.hasher(),
             self.spool.appender(),
@@ -244,7 +254,20 @@ impl FillTask {
         received: &mut u64,
     ) -> Result<(), Interrupted> {
         let mut body = response.bytes_stream();
-        while let Some(item) = body.next().await {
+        loop {
+            // Woken at the end of each rate window even when nothing arrives, so a stalled
+            // upstream is noticed.
+            let next = match self.rate.window_end() {
+                Some(end) => match tokio::time::timeout_at(end.into(), body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.check_rate(*received)?;
+                        continue;
+                    }
+                },
+                None => body.next().await,
+            };
+            let Some(item) = next else { break };
             let mut chunk =
                 item.map_err(|e| Interrupted::Upstream(format!("{}", e.without_url())))?;
             let dropped = skip.min(chunk.len() as u64);
@@ -273,8 +296,24 @@ impl FillTask {
             }
             self.inputs.metrics.upstream_bytes(len);
             *received += len;
+            self.check_rate(*received)?;
         }
         Ok(())
+    }
+
+    /// Gives up when upstream sent less than the floor over the last window: at once when no
+    /// client reads the fill, after several such windows when one does.
+    fn check_rate(&mut self, received: u64) -> Result<(), Interrupted> {
+        let attended = self.readers.load(Ordering::SeqCst) > 0;
+        self.rate
+            .check(Instant::now(), received, attended)
+            .map_err(|reason| {
+                Interrupted::Fatal(CacheError::UpstreamTooSlow {
+                    url: self.url.clone(),
+                    received,
+                    reason,
+                })
+            })
     }
 
     fn spool_error(&self, source: std::io::Error) -> CacheError {

@@ -42,6 +42,9 @@ pub(super) struct FillTask {
     readers: Arc<AtomicUsize>,
     /// Gives up on an upstream sending too slowly (`proxy.fillminrate`).
     rate: RateWatch,
+    /// Body bytes upstream sent, including any it sent again after a resume from the start:
+    /// what the rate floor measures.
+    arrived: u64,
     /// Where the fill's time went, logged with the cached blob.
     phases: Phases,
 }
@@ -76,6 +79,7 @@ impl FillTask {
         FillTask {
             url: inputs.upstream.blob_url(repo, digest),
             rate: inputs.rate_floor.watch(),
+            arrived: 0,
             inputs,
             repo: repo.clone(),
             digest: digest.clone(),
@@ -261,7 +265,7 @@ impl FillTask {
                 Some(end) => match tokio::time::timeout_at(end.into(), body.next()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        self.check_rate(*received)?;
+                        self.check_rate()?;
                         continue;
                     }
                 },
@@ -270,6 +274,7 @@ impl FillTask {
             let Some(item) = next else { break };
             let mut chunk =
                 item.map_err(|e| Interrupted::Upstream(format!("{}", e.without_url())))?;
+            self.arrived += chunk.len() as u64;
             let dropped = skip.min(chunk.len() as u64);
             skip -= dropped;
             let chunk = chunk.split_off(dropped as usize);
@@ -296,21 +301,22 @@ impl FillTask {
             }
             self.inputs.metrics.upstream_bytes(len);
             *received += len;
-            self.check_rate(*received)?;
+            self.check_rate()?;
         }
         Ok(())
     }
 
     /// Gives up when upstream sent less than the floor over the last window: at once when no
     /// client reads the fill, after several such windows when one does.
-    fn check_rate(&mut self, received: u64) -> Result<(), Interrupted> {
+    fn check_rate(&mut self) -> Result<(), Interrupted> {
         let attended = self.readers.load(Ordering::SeqCst) > 0;
+        let arrived = self.arrived;
         self.rate
-            .check(Instant::now(), received, attended)
+            .check(Instant::now(), arrived, attended)
             .map_err(|reason| {
                 Interrupted::Fatal(CacheError::UpstreamTooSlow {
                     url: self.url.clone(),
-                    received,
+                    received: arrived,
                     reason,
                 })
             })

@@ -163,7 +163,9 @@ impl From<&CacheError> for ApiError {
             CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
             }
-            CacheError::UpstreamBroke { .. } => {
+            CacheError::UpstreamBroke { .. }
+            | CacheError::UpstreamTooSlow { .. }
+            | CacheError::Abandoned { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
             CacheError::Upstream(e) => e.into(),

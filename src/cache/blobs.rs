@@ -8,10 +8,11 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::fill::Fill;
+use super::fills::Fill;
 use super::hot::SMALL_BLOB;
 use super::records::BlobLink;
-use super::{Cache, CacheError, Outcome};
+use super::single_flight::Role;
+use super::{blob_unknown, Cache, CacheError, Outcome};
 use crate::registry::{Digest, RepoName};
 use crate::storage::layout;
 
@@ -62,7 +63,7 @@ impl Cache {
         digest: &Digest,
     ) -> Result<(u64, Outcome), CacheError> {
         let result = async {
-            if let Some(fill) = self.inflight().get(digest) {
+            if let Some(fill) = self.fills().get(digest) {
                 if let Some(size) = self.join(fill, repo).await?.size().await? {
                     return Ok((size, Outcome::Joined));
                 }
@@ -132,7 +133,7 @@ impl Cache {
 
     /// The stored blob, a fill to join, or a new fill.
     async fn locate(&self, repo: &RepoName, digest: &Digest) -> Result<Source, CacheError> {
-        if let Some(fill) = self.inflight().get(digest) {
+        if let Some(fill) = self.fills().get(digest) {
             return Ok(Source::Filling(
                 self.join(fill, repo).await?,
                 Outcome::Joined,
@@ -145,24 +146,19 @@ impl Cache {
         Ok(Source::Filling(fill, outcome))
     }
 
-    /// Starts a fill, unless one started or finished since we looked.
+    /// Starts a fill, unless one started since we looked.
     async fn start_fill(
         &self,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(Arc<Fill>, Outcome), CacheError> {
-        let in_flight = {
-            let _turn = self.inflight().starting().await;
-            match self.inflight().get(digest) {
-                Some(fill) => fill,
-                None => {
-                    let fill = Fill::start(self, repo, digest)?;
-                    self.inflight().insert(fill.clone());
-                    return Ok((fill, Outcome::Miss));
-                }
-            }
-        };
-        Ok((self.join(in_flight, repo).await?, Outcome::Joined))
+        let (fill, role) = self
+            .fills()
+            .join_or_start(&self.inner.fill_inputs, repo, digest)?;
+        match role {
+            Role::Started => Ok((fill, Outcome::Miss)),
+            Role::Joined => Ok((self.join(fill, repo).await?, Outcome::Joined)),
+        }
     }
 
     /// A fill started for another repository is joined only once upstream confirms this
@@ -246,16 +242,6 @@ fn resolve(range: Option<ByteRange>, size: Option<u64>) -> Result<Option<Range<u
             .map(Some)
             .ok_or(CacheError::RangeNotSatisfiable { size }),
         _ => Ok(None),
-    }
-}
-
-pub(super) fn blob_unknown(error: CacheError, repo: &RepoName, digest: &Digest) -> CacheError {
-    match error {
-        CacheError::Upstream(e) if e.is_not_found() => CacheError::BlobUnknown {
-            repo: repo.clone(),
-            digest: digest.clone(),
-        },
-        other => other,
     }
 }
 

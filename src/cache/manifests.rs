@@ -1,15 +1,21 @@
 //! Manifests: stored byte for byte with upstream's media type, verified against their digest,
 //! and served by tag under the tag freshness rules.
 
+use std::convert::Infallible;
+use std::sync::Arc;
+
 use bytes::Bytes;
+use tokio::sync::watch;
 
 use super::records::{now_ms, ManifestLink, TagRecord};
+use super::single_flight::{self, AttemptState, Role, SingleFlight};
 use super::{Cache, CacheError, Outcome};
 use crate::registry::{accepts, upstream_accept, Digest, Reference, RepoName, Tag};
 use crate::storage::layout;
 use crate::upstream::ManifestHead;
 
 /// A manifest to serve; `body` is None when only its headers were asked for (HEAD).
+#[derive(Clone)]
 pub struct ManifestAnswer {
     pub digest: Digest,
     pub media_type: String,
@@ -23,6 +29,28 @@ impl ManifestAnswer {
         ManifestAnswer { outcome, ..self }
     }
 }
+
+/// Requests that get the same answer share one upstream attempt: (repository, tag or digest,
+/// the client's Accept, whether the body is wanted).
+type FlightKey = (RepoName, String, Option<String>, bool);
+
+/// An upstream attempt's outcome, once it has one.
+#[derive(Clone)]
+pub struct FlightState(Option<Result<ManifestAnswer, Arc<CacheError>>>);
+
+impl AttemptState for FlightState {
+    fn is_settled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn abandon(&mut self) {
+        self.0 = Some(Err(Arc::new(CacheError::Abandoned {
+            task: "manifest fetch",
+        })));
+    }
+}
+
+pub type ManifestFlights = SingleFlight<FlightKey, watch::Receiver<FlightState>>;
 
 impl Cache {
     /// The manifest `reference` names in `repo`, for a client that sent `accept`.
@@ -43,11 +71,63 @@ impl Cache {
         {
             return Ok(answer);
         }
-        // Upstream is needed: one request per manifest at a time. Those that waited find the
-        // manifest cached (or remembered missing) when their turn comes.
-        let _turn = self.inner.manifest_turns.lock(key.clone()).await;
+        // Upstream is needed: one attempt per manifest at a time, in a task of its own (a
+        // client going away does not cancel it), whose outcome, failure included, every
+        // client asking meanwhile gets.
+        let flight = (
+            repo.clone(),
+            reference.to_string(),
+            accept.map(str::to_owned),
+            want_body,
+        );
+        let joined = self.inner.manifest_flights.join_or_start(
+            &flight,
+            FlightState(None),
+            |state| {
+                let cache = self.clone();
+                let (repo, reference) = (repo.clone(), reference.clone());
+                let accept = accept.map(str::to_owned);
+                let launch = move |publisher: single_flight::Publisher<_, _, FlightState>| async move {
+                    let answer = cache
+                        .manifest_from_upstream(&repo, &reference, accept.as_deref(), want_body)
+                        .await;
+                    publisher.publish(|s| s.0 = Some(answer.map_err(Arc::new)));
+                };
+                Ok::<_, Infallible>((state, launch))
+            },
+        );
+        let (mut state, role) = match joined {
+            Ok(joined) => joined,
+            Err(never) => match never {},
+        };
+        match single_flight::outcome(&mut state).await.0 {
+            Some(Ok(answer)) if role == Role::Joined => Ok(answer.with_outcome(Outcome::Joined)),
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) => Err(CacheError::Shared(e)),
+            None => Err(CacheError::Abandoned {
+                task: "manifest fetch",
+            }),
+        }
+    }
+
+    /// The manifest when the cache could not answer alone: revalidated or fetched upstream.
+    async fn manifest_from_upstream(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: Option<&str>,
+        want_body: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let key = (repo.clone(), reference.to_string());
         if self.inner.not_found.known_missing(&key) {
             return Err(manifest_unknown(repo, reference));
+        }
+        // An attempt that finished since this request looked left the answer in the cache.
+        if let Some(answer) = self
+            .answer_from_cache(repo, reference, accept, want_body)
+            .await?
+        {
+            return Ok(answer);
         }
         let result = match reference {
             Reference::Digest(digest) => self.manifest_by_digest(repo, digest, want_body).await,

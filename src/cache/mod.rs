@@ -3,18 +3,15 @@
 
 mod blobs;
 mod expiry;
-mod fill;
+mod fills;
 mod hot;
-mod inflight;
-mod keyed_lock;
 mod manifests;
 mod not_found;
 mod outcome;
-mod pipeline;
 mod records;
+mod single_flight;
 mod small_blobs;
 mod tags;
-mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +21,9 @@ use crate::registry::{Digest, RepoName};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
-use inflight::InFlight;
-use keyed_lock::KeyedLock;
-use not_found::{ManifestKey, NotFound};
+use fills::{FillInputs, Fills, RateFloor};
+use manifests::ManifestFlights;
+use not_found::NotFound;
 
 pub use blobs::{BlobAnswer, ByteRange};
 pub use expiry::spawn_expiry;
@@ -62,12 +59,23 @@ pub enum CacheError {
         received: u64,
         reason: String,
     },
+    /// Upstream sent a blob too slowly to keep its fetch slot (`proxy.fillminrate`).
+    #[error("upstream {url} was too slow after {received} bytes: {reason}")]
+    UpstreamTooSlow {
+        url: String,
+        received: u64,
+        reason: String,
+    },
     #[error("requested range is not within the blob's {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A shared task (a blob fill, a manifest fetch) ended without an outcome: it panicked or
+    /// was cancelled. Its waiters get this; the next request starts a new attempt.
+    #[error("the {task} stopped without finishing (it panicked or was cancelled)")]
+    Abandoned { task: &'static str },
     /// A fill's failure, seen by every client that waited for it.
     #[error(transparent)]
     Shared(Arc<CacheError>),
@@ -80,10 +88,11 @@ pub struct Cache {
 
 struct Inner {
     storage: Storage,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     tag_ttl: Duration,
-    inflight: InFlight,
-    manifest_turns: KeyedLock<ManifestKey>,
+    fills: Fills,
+    fill_inputs: FillInputs,
+    manifest_flights: ManifestFlights,
     not_found: NotFound,
     hot: hot::Hot,
     metrics: Metrics,
@@ -96,13 +105,24 @@ impl Cache {
         proxy: &ProxyConfig,
         metrics: Metrics,
     ) -> Self {
+        let upstream = Arc::new(upstream);
+        let fill_inputs = FillInputs {
+            storage: storage.clone(),
+            upstream: upstream.clone(),
+            metrics: metrics.clone(),
+            rate_floor: RateFloor {
+                min_bytes_per_sec: proxy.fill_min_rate,
+                window: proxy.fill_rate_window,
+            },
+        };
         Cache {
             inner: Arc::new(Inner {
                 storage,
                 upstream,
                 tag_ttl: proxy.tag_ttl,
-                inflight: InFlight::default(),
-                manifest_turns: KeyedLock::default(),
+                fills: Fills::default(),
+                fill_inputs,
+                manifest_flights: ManifestFlights::default(),
                 not_found: NotFound::new(proxy.not_found_ttl),
                 hot: hot::Hot::default(),
                 metrics,
@@ -132,12 +152,23 @@ impl Cache {
         &self.inner.storage
     }
 
-    fn inflight(&self) -> &InFlight {
-        &self.inner.inflight
+    fn fills(&self) -> &Fills {
+        &self.inner.fills
     }
 
     /// Every repository with something cached, sorted.
     pub async fn repositories(&self) -> Result<Vec<String>, CacheError> {
         Ok(self.storage().list_repositories().await?)
+    }
+}
+
+/// A blob upstream does not have, as the error the client gets.
+fn blob_unknown(error: CacheError, repo: &RepoName, digest: &Digest) -> CacheError {
+    match error {
+        CacheError::Upstream(e) if e.is_not_found() => CacheError::BlobUnknown {
+            repo: repo.clone(),
+            digest: digest.clone(),
+        },
+        other => other,
     }
 }

@@ -35,6 +35,12 @@ pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(30);
 /// Default for `proxy.maxfetches`: blobs fetched from upstream at the same time.
 pub const DEFAULT_MAX_FETCHES: usize = 32;
+/// Default for `proxy.fillminrate`: bytes per second a blob fill must receive to keep its
+/// upstream slot (see `proxy.fillratewindow`).
+pub const DEFAULT_FILL_MIN_RATE: usize = 16 * 1024;
+/// Default for `proxy.fillratewindow`: the window `proxy.fillminrate` is measured over. A fill
+/// nobody reads is abandoned after one window below the rate; one a client reads, after ten.
+pub const DEFAULT_FILL_RATE_WINDOW: Duration = Duration::from_secs(30);
 /// Default for `proxy.ttl`, as in Distribution: cached content expires after a week.
 pub const DEFAULT_CONTENT_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -60,6 +66,10 @@ pub struct ProxyConfig {
     pub not_found_ttl: Duration,
     /// At most this many blobs are fetched from upstream at once; further fills queue.
     pub max_fetches: usize,
+    /// Bytes per second a blob fill must receive to keep its slot; 0 turns the floor off.
+    pub fill_min_rate: u64,
+    /// The window `fill_min_rate` is measured over.
+    pub fill_rate_window: Duration,
 }
 
 /// Upstream credentials. The password is a secret: it never reaches logs or `Debug` output.
@@ -205,6 +215,10 @@ struct RawProxy {
     notfoundttl: Option<Duration>,
     #[serde(deserialize_with = "scalar::deserialize_optional_count")]
     maxfetches: Option<usize>,
+    #[serde(deserialize_with = "scalar::deserialize_optional_count")]
+    fillminrate: Option<usize>,
+    #[serde(deserialize_with = "duration::deserialize_optional")]
+    fillratewindow: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -282,6 +296,8 @@ impl RawProxy {
             tag_ttl: self.tagttl.unwrap_or(DEFAULT_TAG_TTL),
             not_found_ttl: self.notfoundttl.unwrap_or(DEFAULT_NOT_FOUND_TTL),
             max_fetches,
+            fill_min_rate: self.fillminrate.unwrap_or(DEFAULT_FILL_MIN_RATE) as u64,
+            fill_rate_window: self.fillratewindow.unwrap_or(DEFAULT_FILL_RATE_WINDOW),
         })
     }
 }
@@ -504,6 +520,8 @@ proxy:
             ("proxy: {notfoundttl: -1}", "proxy.notfoundttl"),
             ("proxy: {maxfetches: 0}", "proxy.maxfetches"),
             ("proxy: {maxfetches: many}", "proxy.maxfetches"),
+            ("proxy: {fillminrate: lots}", "proxy.fillminrate"),
+            ("proxy: {fillratewindow: soon}", "proxy.fillratewindow"),
             ("storage: {s3: {region: x}}", "storage.s3.bucket"),
             (
                 "storage: {s3: {bucket: b, accesskey: a}}",
@@ -602,6 +620,8 @@ mod properties {
         "proxy.tagttl",
         "proxy.notfoundttl",
         "proxy.maxfetches",
+        "proxy.fillminrate",
+        "proxy.fillratewindow",
         "health.storagedriver.enabled",
         "health.storagedriver.interval",
         "health.storagedriver.threshold",

@@ -180,6 +180,9 @@ pub const ROOT: Key = Section(&[
             ("tagttl", Used),
             ("notfoundttl", Used),
             ("maxfetches", Used),
+            // The floor a blob fill's upstream rate must keep to hold its slot.
+            ("fillminrate", Used),
+            ("fillratewindow", Used),
         ]),
     ),
     ("validation", Ignored),

@@ -77,6 +77,7 @@ struct Inner {
     rate_limit_limit: Gauge<i64, AtomicI64>,
     rate_limit_remaining: Gauge<i64, AtomicI64>,
     storage_errors: Family<OperationLabels, Counter>,
+    cut_short: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,6 +102,7 @@ impl Metrics {
             rate_limit_limit: registered(r, "upstream_ratelimit_limit", "Docker Hub's ratelimit-limit, as last reported (-1 before any report)"),
             rate_limit_remaining: registered(r, "upstream_ratelimit_remaining", "Docker Hub's ratelimit-remaining, as last reported (-1 before any report)"),
             storage_errors: registered(r, "storage_errors", "Storage operations that failed, by where (request, fill, health)"),
+            cut_short: registered(r, "responses_cut_short", "Responses whose body stopped before its end (the client went away or the stream failed), by endpoint"),
             registry,
         };
         inner.rate_limit_limit.set(-1);
@@ -192,6 +194,14 @@ impl Metrics {
     pub fn rate_limit(&self, limit: u64, remaining: u64) {
         self.inner.rate_limit_limit.set(limit as i64);
         self.inner.rate_limit_remaining.set(remaining as i64);
+    }
+
+    /// A response body that stopped before its end.
+    pub fn cut_short(&self, endpoint: &'static str) {
+        self.inner
+            .cut_short
+            .get_or_create(&KindLabels { kind: endpoint })
+            .inc();
     }
 
     /// Everything, in the OpenMetrics text format.

@@ -53,6 +53,13 @@ pub async fn log_requests(
     if let Ok(value) = HeaderValue::from_str(&id.0) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
+    // hyper stops polling a body once it has sent the Content-Length it announced, and drops
+    // it without reading its end: a body that sent that much is complete.
+    let announced_bytes = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let extensions = response.extensions();
     let line = LogLine {
         metrics,
@@ -67,6 +74,7 @@ pub async fn log_requests(
         storage_failed: extensions.get::<StorageFailed>().is_some(),
         started,
         bytes: 0,
+        announced_bytes,
         finished: false,
     };
     response.map(|body| {
@@ -101,6 +109,8 @@ struct LogLine {
     storage_failed: bool,
     started: Instant,
     bytes: u64,
+    /// The response's Content-Length, when it has one.
+    announced_bytes: Option<u64>,
     /// The body reached its end; false when the client went away first.
     finished: bool,
 }
@@ -127,6 +137,9 @@ impl LogLine {
             self.bytes,
         );
         let complete = self.finished;
+        if !complete && method != Method::HEAD {
+            metrics.cut_short(self.endpoint);
+        }
         match &self.error {
             Some(error) if status >= 500 => tracing::error!(
                 request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
@@ -194,8 +207,9 @@ impl HttpBody for CountedBody {
 impl Drop for CountedBody {
     fn drop(&mut self) {
         if let Some(mut line) = self.line.take() {
-            // hyper may drop an empty body without polling it to its end.
-            line.finished = self.inner.is_end_stream();
+            // hyper drops a body without polling it to its end once it sent the announced
+            // length (or at once when the body is empty).
+            line.finished = self.inner.is_end_stream() || line.announced_bytes == Some(line.bytes);
             line.write();
         }
     }

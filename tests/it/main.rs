@@ -19,6 +19,7 @@ mod operations;
 mod pull;
 mod real_clients;
 mod s3_replicas;
+mod shared_tasks;
 mod single_flight;
 mod startup;
 mod storage_contract;

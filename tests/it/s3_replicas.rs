@@ -207,3 +207,53 @@ async fn twenty_clients_on_one_cold_blob_in_s3_share_one_upstream_get() {
     assert_eq!(up.count(Method::GET, &format!("/blobs/{digest}")), 1);
     assert_eq!(moto.keys("cache", "mirror/blobs/").await.len(), 1);
 }
+
+#[tokio::test]
+async fn blobs_read_whole_from_the_bucket_are_not_counted_as_cut_short() {
+    let up = FakeUpstream::start().await;
+    // Streamed from the bucket once cached (not held in memory), and larger than what the
+    // sockets buffer, so the client leaving mid-blob below really cuts the response short.
+    let bytes = content("whole-from-s3", 16 * 1024 * 1024);
+    let digest = up.add_blob("org/app", &bytes);
+    let (_moto, storage) = bucket(None).await;
+    let mirror = MirrorSetup::new(&up.url).storage(storage).start().await;
+    let path = format!("/v2/org/app/blobs/{digest}");
+    for turn in ["cold", "warm"] {
+        let response = mirror.get(&path).await;
+        assert_eq!(response.status(), 200, "{turn}");
+        assert!(
+            response.bytes().await.unwrap() == bytes,
+            "{turn}: exact bytes"
+        );
+    }
+    // The request's metrics are written when the server is done with its body.
+    let answered = r#"cistern_requests_total{endpoint="blob",method="GET",status="200"}"#;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = mirror.metrics().await;
+        if metrics.value(answered) >= 2.0 {
+            break metrics;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "both GETs logged");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let cut_short = r#"cistern_responses_cut_short_total{kind="blob"}"#;
+    assert_eq!(
+        metrics.value(cut_short),
+        0.0,
+        "complete answers are not counted as cut short"
+    );
+
+    // A client that really leaves mid-blob still is.
+    let mut body = mirror.get(&path).await.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mirror.metrics().await.value(cut_short) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a body abandoned mid-blob is counted as cut short"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

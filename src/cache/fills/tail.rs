@@ -1,7 +1,9 @@
 //! Reading a fill's spool while it grows: each client streams the bytes it asked for as soon as
-//! they are written, from wherever the fill has got to. The last byte of the blob is held back
-//! until the fill verified the digest, so a client never receives a complete body of bytes that
-//! failed verification: on a failure its stream ends with an error instead.
+//! they are written, from wherever the fill has got to. The last byte the client asked for (of
+//! the blob, or of its range) is held back until the fill verified the digest, and the stream
+//! ends cleanly only after that, so a client never receives a complete body or range of bytes
+//! that failed verification: on a failure its stream ends with an error instead. Bytes before
+//! the last still stream early, which lazy-pulling snapshotters (eStargz, SOCI) live on.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::fill::{Fill, FillState, Progress};
+use super::{Fill, FillState, Progress, Reading};
 use crate::storage::SpoolReader;
 
 /// The most read from the spool at once for one client.
@@ -27,6 +29,8 @@ struct Tail {
     /// The fill task is gone; no more progress will come.
     fill_gone: bool,
     done: bool,
+    /// Counts this client as reading the fill while the stream lives.
+    _reading: Reading,
 }
 
 impl Fill {
@@ -36,12 +40,13 @@ impl Fill {
         range: Option<Range<u64>>,
     ) -> BoxStream<'static, std::io::Result<Bytes>> {
         let tail = Tail {
-            reader: self.reader(),
+            reader: self.reader.clone(),
             progress: self.watch(),
             position: range.as_ref().map_or(0, |r| r.start),
             end: range.map(|r| r.end),
             fill_gone: false,
             done: false,
+            _reading: self.reading(),
         };
         futures::stream::unfold(tail, |mut tail| async move {
             let item = tail.next_chunk().await?;
@@ -69,7 +74,9 @@ impl Tail {
                 progress.total
             };
             let end = self.end.or(blob_end);
-            if end.is_some_and(|end| self.position >= end) {
+            // Only a verified fill ends a stream cleanly (an announced length of 0 reaches its
+            // end before a byte arrived).
+            if verified && end.is_some_and(|end| self.position >= end) {
                 self.done = true;
                 return None;
             }
@@ -101,20 +108,16 @@ impl Tail {
     }
 }
 
-/// How far a client may read now: what was written, except the blob's last byte before the
-/// digest matched (a range that stops short of it needs no holding back).
+/// How far a client may read now: what was written, but never the last byte it asked for
+/// (`end`, or the blob's end when unknown) before the digest matched.
 fn readable_up_to(progress: &Progress, verified: bool, end: Option<u64>) -> u64 {
-    let mut readable = progress.written;
-    if !verified {
-        let stops_short = matches!((end, progress.total), (Some(end), Some(total)) if end < total);
-        if !stops_short {
-            readable = match progress.total {
-                Some(total) => readable.min(total.saturating_sub(1)),
-                None => readable.saturating_sub(1),
-            };
-        }
+    let written = progress.written;
+    match (verified, end) {
+        (true, Some(end)) => written.min(end),
+        (true, None) => written,
+        (false, Some(end)) => written.min(end.saturating_sub(1)),
+        (false, None) => written.saturating_sub(1),
     }
-    end.map_or(readable, |end| readable.min(end))
 }
 
 #[cfg(test)]
@@ -142,10 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn a_range_short_of_the_end_is_served_as_soon_as_written() {
-        assert_eq!(readable_up_to(&progress(10, Some(10)), false, Some(4)), 4);
+    fn a_range_streams_early_but_its_last_byte_waits_for_verification() {
+        // bytes 0..4 asked for, 10 written, not verified: 3 may go, not the fourth
+        assert_eq!(readable_up_to(&progress(10, Some(10)), false, Some(4)), 3);
         assert_eq!(readable_up_to(&progress(3, Some(10)), false, Some(4)), 3);
-        // a range through the last byte still waits for it
-        assert_eq!(readable_up_to(&progress(10, Some(10)), false, Some(10)), 9);
+        assert_eq!(readable_up_to(&progress(2, Some(10)), false, Some(4)), 2);
+        assert_eq!(readable_up_to(&progress(10, Some(10)), true, Some(4)), 4);
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::fill::Progress;
+use super::Progress;
 use crate::registry::{Digest, DigestHasher};
 use crate::storage::SpoolAppender;
 
@@ -33,7 +33,8 @@ pub struct Pipeline {
 
 /// What the pipeline made of every byte it was given.
 pub struct Finished {
-    pub digest: Digest,
+    /// What the bytes hash to, or why hashing failed.
+    pub digest: std::io::Result<Digest>,
     /// The spool holds every byte, or writing it failed with this.
     pub written: std::io::Result<()>,
 }
@@ -80,7 +81,11 @@ impl Pipeline {
         let written = writer
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let digest = hasher.await.expect("hashing does not panic").finish();
+        // A hashing thread that died has no digest to offer; the fill fails, this task goes on.
+        let digest = match hasher.await {
+            Ok(hasher) => Ok(hasher.finish()),
+            Err(e) => Err(std::io::Error::other(format!("hashing failed: {e}"))),
+        };
         Finished { digest, written }
     }
 }

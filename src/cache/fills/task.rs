@@ -1,26 +1,23 @@
-//! Filling the cache with a cold blob, once for every client that wants it.
+//! The background side of a fill: fetch, hash, spool, verify, store, publish.
 //!
-//! One task per blob fetches it from upstream, hashes it and appends it to a spool file,
-//! publishing how far it got. Every client reads the spool as it grows (tail.rs), so twenty
-//! clients cost one upstream GET, and a client that joins late gets what has arrived at once.
-//! When the connection drops mid-blob the task resumes with `Range: bytes=N-` (a few times, with
-//! backoff), still hashing the whole blob. The blob becomes a cached object only after its size
-//! and digest matched; until then readers hold back its last byte, so no client ever receives a
-//! complete body of unverified bytes. The task belongs to no client: disconnects do not cancel
-//! it, and the blob lands in the cache for the next one.
-//! The last byte goes out once the blob is stored, as a cached object, under its digest.
+//! When the connection drops mid-blob the task resumes with `Range: bytes=N-` (a few times,
+//! with backoff), still hashing the whole blob. The task belongs to no client, and is owned by
+//! no cache: it gets its inputs, and its publisher settles the outcome however it ends.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::watch;
 
 use super::pipeline::Pipeline;
-use super::records::BlobLink;
-use super::{Cache, CacheError};
+use super::rate_floor::RateWatch;
+use super::{Fill, FillInputs, FillState, Progress};
+use crate::cache::records::BlobLink;
+use crate::cache::single_flight::Publisher;
+use crate::cache::{blob_unknown, CacheError};
 use crate::registry::{Digest, RepoName};
-use crate::storage::{layout, ContentWriter, SpoolFile, SpoolReader};
+use crate::storage::{layout, ContentWriter, SpoolFile};
 use crate::upstream::Resumed;
 
 /// Times a broken download is resumed before the fill gives up.
@@ -28,103 +25,11 @@ const MAX_RESUMES: u32 = 4;
 /// The first wait before resuming; it doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
-/// How far a fill got; readers watch it change.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    /// Bytes in the spool, from the start of the blob.
-    pub written: u64,
-    /// The blob's size, from upstream's Content-Length once it answered.
-    pub total: Option<u64>,
-    pub state: FillState,
-}
-
-#[derive(Clone, Debug)]
-pub enum FillState {
-    /// Waiting for a turn (`proxy.maxfetches`) or for upstream's answer.
-    Connecting,
-    Receiving,
-    /// Every byte is in the spool and matched the digest.
-    Verified,
-    Failed(Arc<CacheError>),
-}
-
-/// A fill as its clients see it.
-pub struct Fill {
-    /// The repository it is fetched for (upstream confirmed it holds the blob).
-    pub repo: RepoName,
-    pub digest: Digest,
-    reader: SpoolReader,
-    progress: watch::Receiver<Progress>,
-}
-
-impl Fill {
-    /// Starts fetching `digest` for `repo` in the background.
-    pub fn start(cache: &Cache, repo: &RepoName, digest: &Digest) -> Result<Arc<Fill>, CacheError> {
-        let spool = cache
-            .storage()
-            .spool()
-            .create(digest.hex())
-            .map_err(|source| crate::storage::StorageError::Io {
-                key: cache.storage().spool().path().display().to_string(),
-                source,
-            })?;
-        let (progress_tx, progress) = watch::channel(Progress {
-            written: 0,
-            total: None,
-            state: FillState::Connecting,
-        });
-        let fill = Arc::new(Fill {
-            repo: repo.clone(),
-            digest: digest.clone(),
-            reader: spool.reader(),
-            progress,
-        });
-        let task = FillTask {
-            cache: cache.clone(),
-            repo: repo.clone(),
-            digest: digest.clone(),
-            url: cache.upstream().blob_url(repo, digest),
-            spool,
-            upload: None,
-            progress: Arc::new(progress_tx),
-            phases: Phases::default(),
-        };
-        tokio::spawn(task.run());
-        Ok(fill)
-    }
-
-    /// Waits for upstream's answer: the blob's size (None when upstream sent no length), or
-    /// why the fill failed.
-    pub async fn size(&self) -> Result<Option<u64>, CacheError> {
-        let mut progress = self.progress.clone();
-        let outcome = progress
-            .wait_for(|p| !matches!(p.state, FillState::Connecting))
-            .await;
-        match outcome {
-            Ok(p) => match &p.state {
-                FillState::Failed(e) => Err(CacheError::Shared(e.clone())),
-                _ => Ok(p.total),
-            },
-            Err(_) => Err(CacheError::Shared(Arc::new(CacheError::UpstreamBroke {
-                url: self.digest.to_string(),
-                received: 0,
-                reason: "the fill ended without an answer".to_owned(),
-            }))),
-        }
-    }
-
-    pub(super) fn reader(&self) -> SpoolReader {
-        self.reader.clone()
-    }
-
-    pub(super) fn watch(&self) -> watch::Receiver<Progress> {
-        self.progress.clone()
-    }
-}
+type FillPublisher = Publisher<Digest, Arc<Fill>, Progress>;
 
 /// The background side of a fill.
-struct FillTask {
-    cache: Cache,
+pub(super) struct FillTask {
+    inputs: FillInputs,
     repo: RepoName,
     digest: Digest,
     /// Upstream URL of the blob, for messages.
@@ -133,7 +38,13 @@ struct FillTask {
     /// On an object store: the multipart upload the blob streams into as it arrives, completed
     /// only after the digest matched. None on the filesystem, where the spool is renamed.
     upload: Option<ContentWriter>,
-    progress: Arc<watch::Sender<Progress>>,
+    /// Clients reading the fill right now.
+    readers: Arc<AtomicUsize>,
+    /// Gives up on an upstream sending too slowly (`proxy.fillminrate`).
+    rate: RateWatch,
+    /// Body bytes upstream sent, including any it sent again after a resume from the start:
+    /// what the rate floor measures.
+    arrived: u64,
     /// Where the fill's time went, logged with the cached blob.
     phases: Phases,
 }
@@ -158,60 +69,92 @@ enum Interrupted {
 }
 
 impl FillTask {
-    async fn run(mut self) {
-        let _turn = self.cache.upstream().fetch_permit().await;
-        let _in_flight = self.cache.metrics().fill_started();
+    pub(super) fn new(
+        inputs: FillInputs,
+        repo: &RepoName,
+        digest: &Digest,
+        spool: SpoolFile,
+        readers: Arc<AtomicUsize>,
+    ) -> Self {
+        FillTask {
+            url: inputs.upstream.blob_url(repo, digest),
+            rate: inputs.rate_floor.watch(),
+            arrived: 0,
+            inputs,
+            repo: repo.clone(),
+            digest: digest.clone(),
+            spool,
+            upload: None,
+            readers,
+            phases: Phases::default(),
+        }
+    }
+
+    /// Fetches, verifies and stores the blob, publishing the outcome. Dropping `publisher`
+    /// (when this returns, panics or is cancelled) releases the digest for the next fill.
+    pub(super) async fn run(mut self, publisher: FillPublisher) {
+        let _turn = self.inputs.upstream.fetch_permit().await;
+        let _in_flight = self.inputs.metrics.fill_started();
         let key = layout::content(&self.digest);
-        self.upload = match self.cache.storage().begin_blob_upload(&key).await {
+        self.upload = match self.inputs.storage.begin_blob_upload(&key).await {
             Ok(upload) => upload,
             Err(e) => {
                 // Clients still get the verified blob from the spool; it is just not kept.
-                self.cache.metrics().storage_error("fill");
+                self.inputs.metrics.storage_error("fill");
                 tracing::error!(error = %e, "cannot start storing the blob; serving it uncached");
                 None
             }
         };
-        match self.fetch().await {
+        match self.fetch(&publisher).await {
             Ok(size) => {
                 // Stored before the last byte goes out: a client that has the whole blob can
                 // count on the next request being served from the cache (or from the other
                 // replicas on the bucket), and a drained shutdown loses no finished fill.
                 self.commit(size).await;
-                self.progress.send_modify(|p| p.state = FillState::Verified);
+                publisher.publish(|p| p.state = FillState::Verified);
             }
             Err(e) => {
                 tracing::warn!(repository = %self.repo, digest = %self.digest, error = %e, "blob fill failed; nothing was cached");
                 if let Some(upload) = self.upload.take() {
                     upload.abort().await;
                 }
-                let e = Arc::new(super::blobs::blob_unknown(e, &self.repo, &self.digest));
-                self.progress
-                    .send_modify(|p| p.state = FillState::Failed(e));
+                let e = Arc::new(blob_unknown(e, &self.repo, &self.digest));
+                publisher.publish(|p| p.state = FillState::Failed(e));
             }
         }
-        // Only now, with the blob in storage (or the failure published), may a new request
-        // miss this fill.
-        self.cache.inflight().remove(&self.digest);
     }
 
     /// Downloads the whole blob into the spool, resuming when the connection drops; returns
     /// its verified size.
-    async fn fetch(&mut self) -> Result<u64, CacheError> {
+    async fn fetch(&mut self, publisher: &FillPublisher) -> Result<u64, CacheError> {
         let started = Instant::now();
         let response = self
-            .cache
-            .upstream()
+            .inputs
+            .upstream
             .get_blob(&self.repo, &self.digest)
             .await?;
         let total = response.content_length();
-        self.progress.send_modify(|p| {
+        // Only the empty blob has no bytes: an empty body announced for any other digest is
+        // wrong already, and must fail before a client is told the length (a 200 with
+        // Content-Length 0 and nothing to hold back would be a complete, wrong answer).
+        let empty = self.digest.recompute(b"");
+        if total == Some(0) && empty != self.digest {
+            return Err(CacheError::DigestMismatch {
+                what: "blob",
+                url: self.url.clone(),
+                expected: self.digest.clone(),
+                actual: empty,
+            });
+        }
+        publisher.publish(|p| {
             p.total = total;
             p.state = FillState::Receiving;
         });
+        self.rate = self.inputs.rate_floor.watch();
         let pipeline = Pipeline::start(
             self.digest.hasher(),
             self.spool.appender(),
-            self.progress.clone(),
+            publisher.sender(),
         );
         let downloaded = self.download(&pipeline, response, total).await;
         self.phases.download_ms = started.elapsed().as_millis();
@@ -229,12 +172,18 @@ impl FillTask {
                 actual: received,
             });
         }
-        if finished.digest != self.digest {
+        let digest = finished.digest.map_err(|e| {
+            tracing::error!(error = %e, "blob hashing failed");
+            CacheError::Abandoned {
+                task: "blob hashing",
+            }
+        })?;
+        if digest != self.digest {
             return Err(CacheError::DigestMismatch {
                 what: "blob",
                 url: self.url.clone(),
                 expected: self.digest.clone(),
-                actual: finished.digest,
+                actual: digest,
             });
         }
         Ok(received)
@@ -248,8 +197,7 @@ impl FillTask {
         mut response: reqwest::Response,
         total: Option<u64>,
     ) -> Result<u64, CacheError> {
-        let cache = self.cache.clone();
-        let upstream = cache.upstream();
+        let upstream = self.inputs.upstream.clone();
         let mut received = 0;
         let mut skip = 0;
         let mut resumes = 0;
@@ -310,9 +258,23 @@ impl FillTask {
         received: &mut u64,
     ) -> Result<(), Interrupted> {
         let mut body = response.bytes_stream();
-        while let Some(item) = body.next().await {
+        loop {
+            // Woken at the end of each rate window even when nothing arrives, so a stalled
+            // upstream is noticed.
+            let next = match self.rate.window_end() {
+                Some(end) => match tokio::time::timeout_at(end.into(), body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.check_rate()?;
+                        continue;
+                    }
+                },
+                None => body.next().await,
+            };
+            let Some(item) = next else { break };
             let mut chunk =
                 item.map_err(|e| Interrupted::Upstream(format!("{}", e.without_url())))?;
+            self.arrived += chunk.len() as u64;
             let dropped = skip.min(chunk.len() as u64);
             skip -= dropped;
             let chunk = chunk.split_off(dropped as usize);
@@ -326,7 +288,7 @@ impl FillTask {
             }
             if let Some(upload) = self.upload.as_mut() {
                 if let Err(e) = upload.write(&chunk).await {
-                    self.cache.metrics().storage_error("fill");
+                    self.inputs.metrics.storage_error("fill");
                     tracing::error!(error = %e, "cannot store the blob; serving it uncached");
                     self.upload.take().expect("upload present").abort().await;
                 }
@@ -337,10 +299,27 @@ impl FillTask {
                     self.spool_error(std::io::Error::other("the spool writer stopped")),
                 ));
             }
-            self.cache.metrics().upstream_bytes(len);
+            self.inputs.metrics.upstream_bytes(len);
             *received += len;
+            self.check_rate()?;
         }
         Ok(())
+    }
+
+    /// Gives up when upstream sent less than the floor over the last window: at once when no
+    /// client reads the fill, after several such windows when one does.
+    fn check_rate(&mut self) -> Result<(), Interrupted> {
+        let attended = self.readers.load(Ordering::SeqCst) > 0;
+        let arrived = self.arrived;
+        self.rate
+            .check(Instant::now(), arrived, attended)
+            .map_err(|reason| {
+                Interrupted::Fatal(CacheError::UpstreamTooSlow {
+                    url: self.url.clone(),
+                    received: arrived,
+                    reason,
+                })
+            })
     }
 
     fn spool_error(&self, source: std::io::Error) -> CacheError {
@@ -355,7 +334,7 @@ impl FillTask {
     /// costs only the caching: every client already has (or is reading) verified bytes.
     async fn commit(&mut self, size: u64) {
         let started = Instant::now();
-        let storage = self.cache.storage().clone();
+        let storage = self.inputs.storage.clone();
         let key = layout::content(&self.digest);
         let link = layout::blob_link(&self.repo, &self.digest);
         let stored = if storage.is_local() {
@@ -381,7 +360,7 @@ impl FillTask {
                 tracing::info!(repository = %self.repo, digest = %self.digest, size, download_ms, drain_ms, store_ms, "cached blob")
             }
             Err(e) => {
-                self.cache.metrics().storage_error("fill");
+                self.inputs.metrics.storage_error("fill");
                 tracing::error!(error = %e, "verified blob could not be cached")
             }
         }

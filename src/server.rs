@@ -37,14 +37,36 @@ impl From<TcpListener> for Listeners {
 }
 
 impl Listeners {
-    /// Binds `http.addr` and `http.debug.addr`; an error names the key.
+    /// Binds `http.addr` and `http.debug.addr`; an error names the key. A debug listener the
+    /// config does not ask for is optional: if its default address is taken, cistern starts
+    /// without it, as a registry:2 config (which has none) expects.
     pub async fn bind(http: &HttpConfig) -> Result<Listeners, StartError> {
         let api = bind("http.addr", &http.addr).await?;
         let debug = match &http.debug {
-            Some(debug) => Some(bind("http.debug.addr", &debug.addr).await?),
+            Some(debug) => optional_unless_configured(
+                bind("http.debug.addr", &debug.addr).await,
+                debug.addr_configured,
+            )?,
             None => None,
         };
         Ok(Listeners { api, debug })
+    }
+}
+
+/// A listener the operator configured must bind; the default one may fail with a warning.
+fn optional_unless_configured(
+    bound: Result<TcpListener, StartError>,
+    configured: bool,
+) -> Result<Option<TcpListener>, StartError> {
+    match bound {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if configured => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                "{e}; starting without the debug listener (metrics, health): set http.debug.addr to choose a free address, or to '' to turn it off"
+            );
+            Ok(None)
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use super::{bad, duration, scalar, ConfigError};
 
 /// Default for `http.debug.addr`: loopback only, so metrics are not on the network unless the
-/// operator says so.
+/// operator says so. Distribution has no debug listener unless configured, so when this default
+/// cannot be bound (another process holds the port) cistern starts without it, with a warning.
 pub const DEFAULT_DEBUG_ADDR: &str = "127.0.0.1:5001";
 /// Default for `http.debug.prometheus.path`, as in Distribution.
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
@@ -44,6 +45,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone)]
 pub struct DebugConfig {
     pub addr: String,
+    /// Whether the file (or environment) names `http.debug.addr`: only then is an address that
+    /// cannot be bound fatal.
+    pub addr_configured: bool,
     /// Where Prometheus metrics are served; None when `http.debug.prometheus.enabled` is false.
     pub metrics_path: Option<String>,
 }
@@ -123,6 +127,7 @@ impl RawTls {
 
 impl RawDebug {
     fn validate(self) -> Result<Option<DebugConfig>, ConfigError> {
+        let addr_configured = self.addr.is_some();
         let addr = self.addr.unwrap_or_else(|| DEFAULT_DEBUG_ADDR.to_owned());
         if addr.trim().is_empty() {
             return Ok(None);
@@ -145,6 +150,7 @@ impl RawDebug {
         };
         Ok(Some(DebugConfig {
             addr: listen_address("http.debug.addr", &addr)?,
+            addr_configured,
             metrics_path,
         }))
     }

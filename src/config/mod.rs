@@ -14,7 +14,7 @@ pub use access::{AccessConfig, HtpasswdConfig, Patterns};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;
-pub use http::{DebugConfig, HttpConfig, TlsConfig};
+pub use http::{DebugConfig, HttpConfig, TlsConfig, DEFAULT_DEBUG_ADDR};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -367,6 +367,10 @@ proxy:
         let c = Config::from_yaml("", no_env()).unwrap().config;
         let debug = c.http.debug.unwrap();
         assert_eq!(debug.addr, "127.0.0.1:5001");
+        assert!(
+            !debug.addr_configured,
+            "the default may be skipped if taken"
+        );
         assert_eq!(debug.metrics_path.as_deref(), Some("/metrics"));
         assert!(c.http.tls.is_none());
         assert_eq!(c.http.drain_timeout, Duration::from_secs(25));
@@ -377,6 +381,7 @@ proxy:
         let c = Config::from_yaml(yaml, no_env()).unwrap().config;
         assert_eq!(c.log.format, LogFormat::Json);
         let debug = c.http.debug.unwrap();
+        assert!(debug.addr_configured);
         assert_eq!(
             (debug.addr.as_str(), debug.metrics_path),
             ("0.0.0.0:9001", None)

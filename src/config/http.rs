@@ -19,6 +19,9 @@ pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 /// Default for `http.draintimeout`: how long SIGTERM waits for responses in progress. Below
 /// Kubernetes' 30 s termination grace period, so cistern exits before it is killed.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Default for `http.timeouts.header` (cistern's extension): a connection must deliver each
+/// request head within this time, whatever its protocol, or it is closed.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -32,6 +35,13 @@ pub struct HttpConfig {
     pub debug: Option<DebugConfig>,
     /// How long a shutdown waits for responses in progress (`http.draintimeout`).
     pub drain_timeout: Duration,
+    /// How long a connection may take to deliver a request head (`http.timeouts.header`): the
+    /// first one from the moment it is accepted (TLS handshake and HTTP/2 preface included),
+    /// later HTTP/1 ones from the end of the previous response.
+    pub header_timeout: Duration,
+    /// At most this many client connections at once (`http.maxconnections`); None means
+    /// derived from the open-file limit when the server starts.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +71,16 @@ pub(super) struct RawHttp {
     debug: Option<RawDebug>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
     draintimeout: Option<Duration>,
+    timeouts: RawTimeouts,
+    #[serde(deserialize_with = "scalar::deserialize_optional_count")]
+    maxconnections: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTimeouts {
+    #[serde(deserialize_with = "duration::deserialize_optional")]
+    header: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -99,12 +119,27 @@ impl RawHttp {
                 headers.push((header_name.clone(), header_value));
             }
         }
+        let header_timeout = self.timeouts.header.unwrap_or(DEFAULT_HEADER_TIMEOUT);
+        if header_timeout.is_zero() {
+            return Err(bad(
+                "http.timeouts.header",
+                "must be more than 0: a connection that never sends a request must be closed",
+            ));
+        }
+        if self.maxconnections == Some(0) {
+            return Err(bad(
+                "http.maxconnections",
+                "must be at least 1, or no client could ever connect",
+            ));
+        }
         Ok(HttpConfig {
             addr,
             headers,
             tls: self.tls.map(RawTls::validate).transpose()?,
             debug: self.debug.unwrap_or_default().validate()?,
             drain_timeout: self.draintimeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            header_timeout,
+            max_connections: self.maxconnections,
         })
     }
 }

@@ -374,10 +374,12 @@ proxy:
         assert_eq!(debug.metrics_path.as_deref(), Some("/metrics"));
         assert!(c.http.tls.is_none());
         assert_eq!(c.http.drain_timeout, Duration::from_secs(25));
+        assert_eq!(c.http.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.max_connections, None);
         assert_eq!(c.log.format, LogFormat::Text);
         assert!(c.health.storage.is_some());
 
-        let yaml = "log: {formatter: json}\nhttp: {debug: {addr: ':9001', prometheus: {enabled: false}}, draintimeout: 3s, tls: {certificate: /c.pem, key: /k.pem}}\nhealth: {storagedriver: {enabled: false}}\n";
+        let yaml = "log: {formatter: json}\nhttp: {debug: {addr: ':9001', prometheus: {enabled: false}}, draintimeout: 3s, timeouts: {header: 2s}, maxconnections: 100, tls: {certificate: /c.pem, key: /k.pem}}\nhealth: {storagedriver: {enabled: false}}\n";
         let c = Config::from_yaml(yaml, no_env()).unwrap().config;
         assert_eq!(c.log.format, LogFormat::Json);
         let debug = c.http.debug.unwrap();
@@ -387,6 +389,8 @@ proxy:
             ("0.0.0.0:9001", None)
         );
         assert_eq!(c.http.drain_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.max_connections, Some(100));
         assert_eq!(c.http.tls.unwrap().key, PathBuf::from("/k.pem"));
         assert!(c.health.storage.is_none());
         let off = Config::from_yaml("http: {debug: {addr: ''}}", no_env()).unwrap();
@@ -401,6 +405,10 @@ proxy:
                 "http.debug.prometheus.path",
             ),
             ("http: {draintimeout: 5}", "http.draintimeout"),
+            ("http: {timeouts: {header: 0}}", "http.timeouts.header"),
+            ("http: {timeouts: {header: soon}}", "http.timeouts.header"),
+            ("http: {maxconnections: 0}", "http.maxconnections"),
+            ("http: {maxconnections: lots}", "http.maxconnections"),
             (
                 "health: {storagedriver: {interval: 0}}",
                 "health.storagedriver.interval",
@@ -591,6 +599,8 @@ mod properties {
         "http.debug.prometheus.enabled",
         "http.debug.prometheus.path",
         "http.draintimeout",
+        "http.timeouts.header",
+        "http.maxconnections",
         "http.tls.certificate",
         "http.tls.key",
         "storage.filesystem.rootdirectory",

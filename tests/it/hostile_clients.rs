@@ -1,9 +1,15 @@
 //! Clients that stall, flood or send garbage (issue 13): every connection gets a request-head
-//! deadline whatever its protocol, and the number of connections is capped.
+//! deadline whatever its protocol, the number of connections is capped, and no request, however
+//! odd, gets anything but an answer (an OCI error body for every failure) or a close.
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree as _;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -217,4 +223,306 @@ async fn beyond_the_connection_cap_new_connections_close_and_clients_are_served_
         log.contains("connection limit reached (http.maxconnections = 3)"),
         "the cap is logged with its key and value:\n{log}"
     );
+}
+
+/// The OCI distribution spec's error codes, Distribution's additions, and `NOT_FOUND`: cistern's
+/// answer to a path that is no registry endpoint (Harbor's code for the same; the spec has none).
+const SPEC_CODES: &[&str] = &[
+    "NOT_FOUND",
+    "BLOB_UNKNOWN",
+    "BLOB_UPLOAD_INVALID",
+    "BLOB_UPLOAD_UNKNOWN",
+    "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN",
+    "MANIFEST_INVALID",
+    "MANIFEST_UNKNOWN",
+    "NAME_INVALID",
+    "NAME_UNKNOWN",
+    "SIZE_INVALID",
+    "UNAUTHORIZED",
+    "DENIED",
+    "UNSUPPORTED",
+    "TOOMANYREQUESTS",
+    "UNKNOWN",
+    "UNAVAILABLE",
+    "RANGE_INVALID",
+    "PAGINATION_NUMBER_INVALID",
+    "TAG_INVALID",
+];
+
+#[derive(Debug, Clone)]
+struct ArbitraryRequest {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Percent-encodes what may not appear raw in a request target, as clients do.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~:@!$&'()*+,;=%".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn path_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => proptest::sample::select(vec![
+            "v2", "library", "alpine", "manifests", "blobs", "tags", "list", "latest", "_catalog",
+            "uploads", "..", ".", "%2e%2e", "%2F", "%00", "%ZZ", "%", "docker.io", "ghcr.io",
+            "127.0.0.1:5000", "UPPER", "a--b", "-lead", "", "sha256:", "sha512:abc",
+        ]).prop_map(str::to_owned),
+        1 => "[0-9a-f]{64}".prop_map(|hex| format!("sha256:{hex}")),
+        2 => "[a-z0-9._-]{0,20}",
+        1 => "\\PC{0,12}".prop_map(|text| encode(&text)),
+        1 => (1usize..4000).prop_map(|n| "a".repeat(n)),
+    ]
+}
+
+fn query() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        "-?[0-9]{0,25}",
+        "[a-z0-9./:_-]{0,30}",
+        "\\PC{0,10}".prop_map(|text| encode(&text)),
+    ];
+    proptest::collection::vec(
+        (
+            proptest::sample::select(vec!["n", "last", "ns", "x", "n", ""]),
+            value,
+        ),
+        0..4,
+    )
+    .prop_map(|pairs| {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    })
+}
+
+fn header() -> impl Strategy<Value = (String, String)> {
+    let printable = "[!-~][ -~]{0,60}[!-~]";
+    prop_oneof![
+        prop_oneof![
+            "bytes=[0-9]{0,20}-[0-9]{0,20}",
+            "bytes=-[0-9]{1,5}",
+            "bytes=[0-9]{1,3}-[0-9]{1,3},[0-9]{1,3}-",
+            printable,
+        ]
+        .prop_map(|v| ("Range".to_owned(), v)),
+        prop_oneof![
+            Just(DOCKER_ACCEPT.to_owned()),
+            Just(OCI_INDEX.to_owned()),
+            printable,
+        ]
+        .prop_map(|v| ("Accept".to_owned(), v)),
+        prop_oneof![
+            "Basic [A-Za-z0-9+/=]{0,40}",
+            "Bearer [ -~]{0,40}",
+            printable,
+        ]
+        .prop_map(|v| ("Authorization".to_owned(), v)),
+    ]
+}
+
+fn arbitrary_request() -> impl Strategy<Value = ArbitraryRequest> {
+    (
+        proptest::sample::select(vec![
+            "GET", "GET", "GET", "HEAD", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS",
+            "TRACE", "BREW",
+        ]),
+        prop_oneof![
+            6 => Just("/v2/"),
+            1 => Just("/"),
+            1 => Just("/v2"),
+            1 => Just("/healthz/"),
+        ],
+        proptest::collection::vec(path_segment(), 0..6),
+        proptest::option::of(query()),
+        proptest::collection::vec(header(), 0..3),
+    )
+        .prop_map(|(method, prefix, segments, query, headers)| {
+            let mut target = format!("{prefix}{}", segments.join("/"));
+            if let Some(query) = query {
+                target.push('?');
+                target.push_str(&query);
+            }
+            ArbitraryRequest {
+                method: method.to_owned(),
+                target,
+                headers,
+            }
+        })
+}
+
+/// Sends `request` on a fresh connection and returns (status, headers, body).
+async fn send(addr: &str, request: &ArbitraryRequest) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut text = format!(
+        "{} {} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n",
+        request.method, request.target
+    );
+    for (name, value) in &request.headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no answer within 10 s to {request:?}"));
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete answer to {request:?}: {answer:?}"));
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line answering {request:?}: {head}"));
+    (status, head, answer[split + 4..].to_vec())
+}
+
+#[test]
+fn any_request_gets_an_answer_in_time_and_every_failure_an_oci_error_body() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_up, mirror) = runtime.block_on(async {
+        let up = FakeUpstream::start().await;
+        add_alpine(&up);
+        add_image(&up, "org/app", Some("v1"), DOCKER_MANIFEST, "app");
+        let mirror = MirrorSetup::new(&up.url)
+            .extra_yaml(&header_timeout_yaml("1s"))
+            .start()
+            .await;
+        (up, mirror)
+    });
+    let addr = mirror.url.trim_start_matches("http://").to_owned();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&arbitrary_request(), |request| {
+            let (status, head, body) = runtime.block_on(send(&addr, &request));
+            if status < 400 || request.method == "HEAD" {
+                return Ok(());
+            }
+            prop_assert!(
+                !head
+                    .to_ascii_lowercase()
+                    .contains("transfer-encoding: chunked"),
+                "an error body has a length: {request:?}\n{head}"
+            );
+            let json: Value = serde_json::from_slice(&body).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "{status} to {request:?} without a JSON body ({e}): {}",
+                    String::from_utf8_lossy(&body)
+                ))
+            })?;
+            let error = &json["errors"][0];
+            let code = error["code"].as_str().unwrap_or_default();
+            prop_assert!(
+                SPEC_CODES.contains(&code),
+                "{status} to {request:?} with code {code:?}: {json}"
+            );
+            prop_assert!(error["message"].is_string(), "{json}");
+            Ok(())
+        })
+        .unwrap();
+    // And the mirror still answers.
+    let ok = runtime.block_on(send(
+        &addr,
+        &ArbitraryRequest {
+            method: "GET".into(),
+            target: "/v2/".into(),
+            headers: Vec::new(),
+        },
+    ));
+    assert_eq!(ok.0, 200);
+}
+
+fn garbage() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let bytes = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        // Half a request line, or a head cut anywhere before its end.
+        (
+            "[A-Z]{1,8} /[ -~]{0,40}( HTTP/1\\.[01])?(\r\n[A-Za-z-]{1,10}: [ -~]{0,20}){0,3}",
+            any::<bool>()
+        )
+            .prop_map(|(line, crlf)| {
+                let mut bytes = line.into_bytes();
+                if crlf {
+                    bytes.extend_from_slice(b"\r\n");
+                }
+                bytes
+            }),
+        // Broken heads that are complete.
+        "[ -~]{0,40}\r\n([ -~]{0,30}\r\n){0,3}\r\n".prop_map(String::into_bytes),
+        // Part of the HTTP/2 preface, or all of it and garbage frames.
+        (0..H2_PREFACE.len()).prop_map(|n| H2_PREFACE[..n].to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..100)
+            .prop_map(|frames| [H2_PREFACE, &frames].concat()),
+    ];
+    // Half the clients shut their sending side, the rest just go quiet.
+    (bytes, any::<bool>())
+}
+
+#[test]
+fn raw_garbage_gets_a_400_or_a_close_within_the_deadline() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_up, mirror) = runtime.block_on(async {
+        let up = FakeUpstream::start().await;
+        let mirror = MirrorSetup::new(&up.url)
+            .extra_yaml(&header_timeout_yaml("1s"))
+            .start()
+            .await;
+        (up, mirror)
+    });
+    let addr = mirror.url.trim_start_matches("http://").to_owned();
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(1));
+    let cases: Vec<(Vec<u8>, bool)> = (0..150)
+        .map(|_| garbage().new_tree(&mut runner).unwrap().current())
+        .collect();
+    runtime.block_on(async {
+        futures::stream::iter(cases)
+            .map(|(bytes, shut_down)| {
+                let addr = addr.clone();
+                async move {
+                    let mut stream = TcpStream::connect(&addr).await.unwrap();
+                    // The server may close before all of it is written; that is an answer too.
+                    let _ = stream.write_all(&bytes).await;
+                    if shut_down {
+                        let _ = stream.shutdown().await;
+                    }
+                    let answer = read_until_closed(&mut stream, Duration::from_secs(6))
+                        .await
+                        .unwrap_or_else(|| panic!("still open after the deadline: {bytes:?}"));
+                    let h2 = bytes.starts_with(H2_PREFACE);
+                    assert!(
+                        answer.is_empty() || answer.starts_with(b"HTTP/1.1 4") || h2,
+                        "answered {:?} to {bytes:?}",
+                        String::from_utf8_lossy(&answer)
+                    );
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+            .await;
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(get_base(&mut stream).await, 200, "the mirror still answers");
+    });
 }

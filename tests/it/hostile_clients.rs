@@ -225,6 +225,72 @@ async fn beyond_the_connection_cap_new_connections_close_and_clients_are_served_
     );
 }
 
+/// A self-signed certificate for 127.0.0.1: (DER for a client's roots, certificate, key).
+fn self_signed(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert.der().to_vec(), cert_path, key_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_stalled_in_or_after_the_handshake_are_closed_at_the_header_deadline() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (der, cert, key) = self_signed(dir.path());
+    let mirror = MirrorSetup::new(&up.url)
+        .extra_yaml(&format!(
+            "http:\n  timeouts:\n    header: 1s\n  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ))
+        .start()
+        .await;
+    let addr = mirror.url.trim_start_matches("https://").to_owned();
+
+    let mut stalled_in_handshake = Vec::new();
+    for (_, opening) in stalled_openings() {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(&opening).await.unwrap();
+        stalled_in_handshake.push(stream);
+    }
+
+    // A client that completes the handshake and then sends nothing: before the guard sat
+    // beneath TLS, nothing timed it (rustls' handshake timeout had ended, hyper's not begun).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into()).unwrap();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let mut quiet = connector
+        .connect(
+            "127.0.0.1".try_into().unwrap(),
+            TcpStream::connect(&addr).await.unwrap(),
+        )
+        .await
+        .expect("the handshake completes");
+
+    for mut stream in stalled_in_handshake {
+        assert!(
+            read_until_closed(&mut stream, Duration::from_secs(6))
+                .await
+                .is_some(),
+            "a connection stalled in the TLS handshake is still open"
+        );
+    }
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(6), quiet.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a TLS connection that never sends a request is still open: {closed:?}"
+    );
+}
+
 /// The OCI distribution spec's error codes, Distribution's additions, and `NOT_FOUND`: cistern's
 /// answer to a path that is no registry endpoint (Harbor's code for the same; the spec has none).
 const SPEC_CODES: &[&str] = &[

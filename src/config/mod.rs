@@ -572,6 +572,52 @@ proxy:
         assert!(err.to_string().contains("`proxy.tagtl`"), "{err}");
     }
 
+    /// The key tree (`schema.rs`) and the `Raw*` structs are written separately; a key declared
+    /// in one but not read by the other would be accepted and silently do nothing. So every key
+    /// the schema says cistern reads must reach serde: given a value of the wrong shape, loading
+    /// fails naming exactly that key.
+    #[test]
+    fn every_key_the_schema_declares_is_read_by_the_config_structs() {
+        fn used_leaves(key: &schema::Key, path: &str, out: &mut Vec<String>) {
+            match key {
+                schema::Key::Used => out.push(path.to_owned()),
+                schema::Key::Section(children) => {
+                    for (name, child) in children.iter() {
+                        let child_path = if path.is_empty() {
+                            (*name).to_owned()
+                        } else {
+                            format!("{path}.{name}")
+                        };
+                        used_leaves(child, &child_path, out);
+                    }
+                }
+                schema::Key::FreeMap | schema::Key::Ignored => {}
+            }
+        }
+        let mut leaves = Vec::new();
+        used_leaves(&schema::ROOT, "", &mut leaves);
+        // `version` is checked by the schema only: like Distribution, any value is accepted.
+        leaves.retain(|leaf| leaf != "version");
+        assert!(leaves.contains(&"http.timeouts.header".to_owned()));
+        for leaf in leaves {
+            let mut text = String::new();
+            for (depth, name) in leaf.split('.').enumerate() {
+                text.push_str(&format!("{}{name}:\n", "  ".repeat(depth)));
+            }
+            text.push_str(&format!(
+                "{}wrong: shape\n",
+                "  ".repeat(leaf.split('.').count())
+            ));
+            match Config::from_yaml(&text, no_env()) {
+                Err(ConfigError::BadValue { key, .. }) => assert_eq!(key, leaf, "{text}"),
+                other => panic!(
+                    "`{leaf}` is declared in the schema but not read: {:?}",
+                    other.map(|_| "loaded")
+                ),
+            }
+        }
+    }
+
     #[test]
     fn debug_output_hides_the_password() {
         let c = Config::from_yaml(DISTRIBUTION_EXAMPLE, no_env())

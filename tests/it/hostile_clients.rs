@@ -350,6 +350,32 @@ fn path_segment() -> impl Strategy<Value = String> {
     ]
 }
 
+/// `name/manifests/ref`, `name/blobs/digest`, `name/tags/list` with names and references
+/// that range from real (the images upstream holds) to broken.
+fn endpoint_path() -> impl Strategy<Value = Vec<String>> {
+    let name = prop_oneof![
+        proptest::sample::select(vec![
+            "library/alpine",
+            "alpine",
+            "org/app",
+            "docker.io/library/alpine",
+            "ghcr.io/org/app",
+            "unknown/repo",
+            "Library/Alpine",
+            "a/../b",
+        ])
+        .prop_map(str::to_owned),
+        proptest::collection::vec(path_segment(), 1..4).prop_map(|s| s.join("/")),
+    ];
+    let reference = prop_oneof![
+        proptest::sample::select(vec!["latest", "v1", "1.0", "list"]).prop_map(str::to_owned),
+        path_segment(),
+    ];
+    let kind = proptest::sample::select(vec!["manifests", "blobs", "tags", "uploads"]);
+    (name, kind, reference)
+        .prop_map(|(name, kind, reference)| vec![name, kind.to_owned(), reference])
+}
+
 fn query() -> impl Strategy<Value = String> {
     let value = prop_oneof![
         "-?[0-9]{0,25}",
@@ -409,7 +435,10 @@ fn arbitrary_request() -> impl Strategy<Value = ArbitraryRequest> {
             1 => Just("/v2"),
             1 => Just("/healthz/"),
         ],
-        proptest::collection::vec(path_segment(), 0..6),
+        prop_oneof![
+            proptest::collection::vec(path_segment(), 0..6),
+            endpoint_path(),
+        ],
         proptest::option::of(query()),
         proptest::collection::vec(header(), 0..3),
     )
@@ -477,9 +506,11 @@ fn any_request_gets_an_answer_in_time_and_every_failure_an_oci_error_body() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
+    let statuses = std::sync::Mutex::new(std::collections::BTreeSet::new());
     runner
         .run(&arbitrary_request(), |request| {
             let (status, head, body) = runtime.block_on(send(&addr, &request));
+            statuses.lock().unwrap().insert(status);
             if status < 400 || request.method == "HEAD" {
                 return Ok(());
             }
@@ -505,6 +536,12 @@ fn any_request_gets_an_answer_in_time_and_every_failure_an_oci_error_body() {
             Ok(())
         })
         .unwrap();
+    // The cases reach past the parser: content is served, and refused in several ways.
+    let statuses = statuses.into_inner().unwrap();
+    assert!(
+        statuses.contains(&200) && statuses.len() >= 4,
+        "answers seen: {statuses:?}"
+    );
     // And the mirror still answers.
     let ok = runtime.block_on(send(
         &addr,

@@ -5,8 +5,10 @@
 mod connection_cap;
 mod first_request_deadline;
 mod guarded_acceptor;
+mod open_files;
 
 pub use connection_cap::default_max_connections;
+pub use open_files::raise_open_file_limit;
 
 use std::future::Future;
 use std::net::SocketAddr;

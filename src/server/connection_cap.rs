@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The default cap when `http.maxconnections` is not set: half the open-file limit, so the
-/// other half stays for storage files, upstream sockets and the listeners, within bounds that
-/// suit a host with a tiny limit and one with a huge one.
+use super::open_files::open_file_limit;
+
+/// The default cap when `http.maxconnections` is not set: half the open-file limit (as raised
+/// at start), so the other half stays for storage files, upstream sockets and the listeners,
+/// within bounds that suit a host with a tiny limit and one with a huge one.
 pub fn default_max_connections() -> usize {
     const FLOOR: u64 = 16;
     const CEILING: u64 = 4096;
@@ -22,22 +24,6 @@ pub fn default_max_connections() -> usize {
         Some(limit) => (limit / 2).clamp(FLOOR, CEILING) as usize,
         None => CEILING as usize,
     }
-}
-
-/// The soft RLIMIT_NOFILE, None where it cannot be read.
-fn open_file_limit() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct it is given.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-            return Some(limit.rlim_cur);
-        }
-    }
-    None
 }
 
 /// The connections one listener may hold open.

@@ -134,7 +134,7 @@ pub async fn serve(
         app.api,
         app.debug,
         tls,
-        config.http.drain_timeout,
+        server::ConnectionLimits::from_config(&config.http),
         shutdown,
         move || health.shutting_down(),
     )

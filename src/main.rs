@@ -45,6 +45,13 @@ async fn run() -> ExitCode {
     for warning in loaded.warnings {
         tracing::warn!("{warning}");
     }
+    if let Some((before, after)) = cistern::server::raise_open_file_limit() {
+        tracing::info!(
+            before,
+            after,
+            "raised the open-file limit to its hard limit"
+        );
+    }
     let listeners = match Listeners::bind(&config.http).await {
         Ok(listeners) => listeners,
         Err(e) => {

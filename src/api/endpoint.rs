@@ -379,8 +379,8 @@ mod tests {
                 405,
             ),
             (Method::POST, "/v2/".into(), "UNSUPPORTED", 405),
-            (Method::GET, "/v2/a/nothing".into(), "NOT_FOUND", 404),
-            (Method::GET, "/v3/".into(), "NOT_FOUND", 404),
+            (Method::GET, "/v2/a/nothing".into(), "UNSUPPORTED", 404),
+            (Method::GET, "/v3/".into(), "UNSUPPORTED", 404),
         ];
         for (method, path, code, status) in cases {
             let err = Endpoint::parse(&method, &path).unwrap_err();
@@ -503,7 +503,11 @@ mod tests {
             "/v22/",
         ] {
             let err = Endpoint::parse(&Method::GET, path).unwrap_err();
-            assert_eq!(err.code(), "NOT_FOUND", "{path}");
+            assert_eq!(
+                (err.code(), err.status().as_u16()),
+                ("UNSUPPORTED", 404),
+                "{path}"
+            );
         }
     }
 

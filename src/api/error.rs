@@ -22,6 +22,8 @@ pub struct ApiError {
     headers: Vec<(header::HeaderName, String)>,
     /// Storage failed (counted in the metrics as a storage error).
     storage_failed: bool,
+    /// What the request log says instead of `message`, when the client must not see it.
+    log_message: Option<String>,
 }
 
 /// The message of a failed request, for the request log.
@@ -36,6 +38,7 @@ impl ApiError {
             message: message.into(),
             headers: Vec::new(),
             storage_failed: false,
+            log_message: None,
         }
     }
 
@@ -119,10 +122,25 @@ impl ApiError {
         )
     }
 
+    /// Answers a request whose handler panicked: a bug. The client learns only that; the panic's
+    /// message, which may name internals, goes to the request log.
+    pub fn panicked(panic_message: &str) -> Self {
+        ApiError {
+            log_message: Some(format!("panicked while answering: {panic_message}")),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "internal error while answering this request; the server log has the details",
+            )
+        }
+    }
+
+    /// A path that is no registry API endpoint: 404, with the spec's `UNSUPPORTED` (the spec
+    /// has no code for an unknown route, and clients only understand its codes).
     pub fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            "UNSUPPORTED",
             format!("no registry API endpoint at {path}"),
         )
     }
@@ -228,7 +246,9 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(name, value);
             }
         }
-        response.extensions_mut().insert(ErrorMessage(self.message));
+        response
+            .extensions_mut()
+            .insert(ErrorMessage(self.log_message.unwrap_or(self.message)));
         if self.storage_failed {
             response.extensions_mut().insert(StorageFailed);
         }

@@ -8,6 +8,7 @@ mod headers;
 mod manifests;
 mod ops;
 mod pagination;
+mod panics;
 mod tags;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use crate::telemetry::{log_requests, EndpointLabel};
 pub use endpoint::{Endpoint, Routed};
 pub use error::{ApiError, ErrorMessage};
 pub use ops::{debug_router, OpsState};
+use panics::catch_panics;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -43,11 +45,13 @@ pub struct AppState {
 /// The registry API, with health endpoints beside it.
 pub fn router(state: AppState, ops: OpsState) -> Router {
     let metrics = state.cache.metrics().clone();
-    Router::new()
+    let registry = Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
-        .fallback(dispatch)
+        .fallback(dispatch);
+    // Inside the request log, so a panic's 500 is logged once, like any failed request.
+    catch_panics(registry)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             add_response_headers,
@@ -55,7 +59,7 @@ pub fn router(state: AppState, ops: OpsState) -> Router {
         .layer(middleware::from_fn_with_state(metrics, log_requests))
         .with_state(state)
         // Probes every few seconds would drown the request log, so health is not logged.
-        .merge(ops::health_routes(ops))
+        .merge(catch_panics(ops::health_routes(ops)))
 }
 
 /// Longer request URIs are refused before any other work.

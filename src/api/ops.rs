@@ -31,10 +31,11 @@ pub fn health_routes(state: OpsState) -> Router {
 /// The debug listener: health, plus metrics at `metrics_path` when enabled.
 pub fn debug_router(state: OpsState, metrics_path: Option<&str>) -> Router {
     let router = health_routes(state.clone());
-    match metrics_path {
+    let router = match metrics_path {
         Some(path) => router.merge(Router::new().route(path, get(metrics)).with_state(state)),
         None => router,
-    }
+    };
+    super::catch_panics(router)
 }
 
 async fn live() -> Response {

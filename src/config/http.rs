@@ -11,13 +11,17 @@ use serde::Deserialize;
 use super::{bad, duration, scalar, ConfigError};
 
 /// Default for `http.debug.addr`: loopback only, so metrics are not on the network unless the
-/// operator says so.
+/// operator says so. Distribution has no debug listener unless configured, so when this default
+/// cannot be bound (another process holds the port) cistern starts without it, with a warning.
 pub const DEFAULT_DEBUG_ADDR: &str = "127.0.0.1:5001";
 /// Default for `http.debug.prometheus.path`, as in Distribution.
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 /// Default for `http.draintimeout`: how long SIGTERM waits for responses in progress. Below
 /// Kubernetes' 30 s termination grace period, so cistern exits before it is killed.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Default for `http.timeouts.header` (cistern's extension): a connection must deliver each
+/// request head within this time, whatever its protocol, or it is closed.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -31,6 +35,13 @@ pub struct HttpConfig {
     pub debug: Option<DebugConfig>,
     /// How long a shutdown waits for responses in progress (`http.draintimeout`).
     pub drain_timeout: Duration,
+    /// How long a connection may take to deliver a request head (`http.timeouts.header`): the
+    /// first one from the moment it is accepted (TLS handshake and HTTP/2 preface included),
+    /// later HTTP/1 ones from the end of the previous response.
+    pub header_timeout: Duration,
+    /// At most this many client connections at once (`http.maxconnections`); None means
+    /// derived from the open-file limit when the server starts.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +55,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone)]
 pub struct DebugConfig {
     pub addr: String,
+    /// Whether the file (or environment) names `http.debug.addr`: only then is an address that
+    /// cannot be bound fatal.
+    pub addr_configured: bool,
     /// Where Prometheus metrics are served; None when `http.debug.prometheus.enabled` is false.
     pub metrics_path: Option<String>,
 }
@@ -57,6 +71,16 @@ pub(super) struct RawHttp {
     debug: Option<RawDebug>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
     draintimeout: Option<Duration>,
+    timeouts: RawTimeouts,
+    #[serde(deserialize_with = "scalar::deserialize_optional_count")]
+    maxconnections: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTimeouts {
+    #[serde(deserialize_with = "duration::deserialize_optional")]
+    header: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -95,12 +119,27 @@ impl RawHttp {
                 headers.push((header_name.clone(), header_value));
             }
         }
+        let header_timeout = self.timeouts.header.unwrap_or(DEFAULT_HEADER_TIMEOUT);
+        if header_timeout.is_zero() {
+            return Err(bad(
+                "http.timeouts.header",
+                "must be more than 0: a connection that never sends a request must be closed",
+            ));
+        }
+        if self.maxconnections == Some(0) {
+            return Err(bad(
+                "http.maxconnections",
+                "must be at least 1, or no client could ever connect",
+            ));
+        }
         Ok(HttpConfig {
             addr,
             headers,
             tls: self.tls.map(RawTls::validate).transpose()?,
             debug: self.debug.unwrap_or_default().validate()?,
             drain_timeout: self.draintimeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            header_timeout,
+            max_connections: self.maxconnections,
         })
     }
 }
@@ -123,6 +162,7 @@ impl RawTls {
 
 impl RawDebug {
     fn validate(self) -> Result<Option<DebugConfig>, ConfigError> {
+        let addr_configured = self.addr.is_some();
         let addr = self.addr.unwrap_or_else(|| DEFAULT_DEBUG_ADDR.to_owned());
         if addr.trim().is_empty() {
             return Ok(None);
@@ -145,6 +185,7 @@ impl RawDebug {
         };
         Ok(Some(DebugConfig {
             addr: listen_address("http.debug.addr", &addr)?,
+            addr_configured,
             metrics_path,
         }))
     }

@@ -14,7 +14,7 @@ pub use access::{AccessConfig, HtpasswdConfig, Patterns};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;
-pub use http::{DebugConfig, HttpConfig, TlsConfig};
+pub use http::{DebugConfig, HttpConfig, TlsConfig, DEFAULT_DEBUG_ADDR};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -383,21 +383,30 @@ proxy:
         let c = Config::from_yaml("", no_env()).unwrap().config;
         let debug = c.http.debug.unwrap();
         assert_eq!(debug.addr, "127.0.0.1:5001");
+        assert!(
+            !debug.addr_configured,
+            "the default may be skipped if taken"
+        );
         assert_eq!(debug.metrics_path.as_deref(), Some("/metrics"));
         assert!(c.http.tls.is_none());
         assert_eq!(c.http.drain_timeout, Duration::from_secs(25));
+        assert_eq!(c.http.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.max_connections, None);
         assert_eq!(c.log.format, LogFormat::Text);
         assert!(c.health.storage.is_some());
 
-        let yaml = "log: {formatter: json}\nhttp: {debug: {addr: ':9001', prometheus: {enabled: false}}, draintimeout: 3s, tls: {certificate: /c.pem, key: /k.pem}}\nhealth: {storagedriver: {enabled: false}}\n";
+        let yaml = "log: {formatter: json}\nhttp: {debug: {addr: ':9001', prometheus: {enabled: false}}, draintimeout: 3s, timeouts: {header: 2s}, maxconnections: 100, tls: {certificate: /c.pem, key: /k.pem}}\nhealth: {storagedriver: {enabled: false}}\n";
         let c = Config::from_yaml(yaml, no_env()).unwrap().config;
         assert_eq!(c.log.format, LogFormat::Json);
         let debug = c.http.debug.unwrap();
+        assert!(debug.addr_configured);
         assert_eq!(
             (debug.addr.as_str(), debug.metrics_path),
             ("0.0.0.0:9001", None)
         );
         assert_eq!(c.http.drain_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.max_connections, Some(100));
         assert_eq!(c.http.tls.unwrap().key, PathBuf::from("/k.pem"));
         assert!(c.health.storage.is_none());
         let off = Config::from_yaml("http: {debug: {addr: ''}}", no_env()).unwrap();
@@ -412,6 +421,10 @@ proxy:
                 "http.debug.prometheus.path",
             ),
             ("http: {draintimeout: 5}", "http.draintimeout"),
+            ("http: {timeouts: {header: 0}}", "http.timeouts.header"),
+            ("http: {timeouts: {header: soon}}", "http.timeouts.header"),
+            ("http: {maxconnections: 0}", "http.maxconnections"),
+            ("http: {maxconnections: lots}", "http.maxconnections"),
             (
                 "health: {storagedriver: {interval: 0}}",
                 "health.storagedriver.interval",
@@ -577,6 +590,52 @@ proxy:
         assert!(err.to_string().contains("`proxy.tagtl`"), "{err}");
     }
 
+    /// The key tree (`schema.rs`) and the `Raw*` structs are written separately; a key declared
+    /// in one but not read by the other would be accepted and silently do nothing. So every key
+    /// the schema says cistern reads must reach serde: given a value of the wrong shape, loading
+    /// fails naming exactly that key.
+    #[test]
+    fn every_key_the_schema_declares_is_read_by_the_config_structs() {
+        fn used_leaves(key: &schema::Key, path: &str, out: &mut Vec<String>) {
+            match key {
+                schema::Key::Used => out.push(path.to_owned()),
+                schema::Key::Section(children) => {
+                    for (name, child) in children.iter() {
+                        let child_path = if path.is_empty() {
+                            (*name).to_owned()
+                        } else {
+                            format!("{path}.{name}")
+                        };
+                        used_leaves(child, &child_path, out);
+                    }
+                }
+                schema::Key::FreeMap | schema::Key::Ignored => {}
+            }
+        }
+        let mut leaves = Vec::new();
+        used_leaves(&schema::ROOT, "", &mut leaves);
+        // `version` is checked by the schema only: like Distribution, any value is accepted.
+        leaves.retain(|leaf| leaf != "version");
+        assert!(leaves.contains(&"http.timeouts.header".to_owned()));
+        for leaf in leaves {
+            let mut text = String::new();
+            for (depth, name) in leaf.split('.').enumerate() {
+                text.push_str(&format!("{}{name}:\n", "  ".repeat(depth)));
+            }
+            text.push_str(&format!(
+                "{}wrong: shape\n",
+                "  ".repeat(leaf.split('.').count())
+            ));
+            match Config::from_yaml(&text, no_env()) {
+                Err(ConfigError::BadValue { key, .. }) => assert_eq!(key, leaf, "{text}"),
+                other => panic!(
+                    "`{leaf}` is declared in the schema but not read: {:?}",
+                    other.map(|_| "loaded")
+                ),
+            }
+        }
+    }
+
     #[test]
     fn debug_output_hides_the_password() {
         let c = Config::from_yaml(DISTRIBUTION_EXAMPLE, no_env())
@@ -604,6 +663,8 @@ mod properties {
         "http.debug.prometheus.enabled",
         "http.debug.prometheus.path",
         "http.draintimeout",
+        "http.timeouts.header",
+        "http.maxconnections",
         "http.tls.certificate",
         "http.tls.key",
         "storage.filesystem.rootdirectory",

@@ -150,6 +150,10 @@ pub const ROOT: Key = Section(&[
             ),
             ("http2", Ignored),
             ("h2c", Ignored),
+            // cistern's extensions: how long a connection may take to send a request head, and
+            // how many client connections may be open at once.
+            ("timeouts", Section(&[("header", Used)])),
+            ("maxconnections", Used),
         ]),
     ),
     ("notifications", Ignored),

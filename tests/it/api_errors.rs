@@ -90,8 +90,8 @@ async fn bad_requests_answer_oci_errors_without_asking_upstream() {
             405,
             "UNSUPPORTED",
         ),
-        ("GET", "/v2/alpine/tags".into(), 404, "NOT_FOUND"),
-        ("GET", "/".into(), 404, "NOT_FOUND"),
+        ("GET", "/v2/alpine/tags".into(), 404, "UNSUPPORTED"),
+        ("GET", "/".into(), 404, "UNSUPPORTED"),
         (
             "GET",
             "/v2/%ff%fe/manifests/latest".into(),

@@ -11,6 +11,7 @@ mod fault_proxy_selftest;
 mod faults;
 mod freshness;
 mod graceful_shutdown;
+mod hostile_clients;
 mod hostile_upstream;
 mod integrity;
 mod logging;

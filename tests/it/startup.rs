@@ -167,3 +167,70 @@ fn help_explains_the_flags() {
     assert!(help.contains("--config"), "{help}");
     assert!(help.contains("registry-mirrors"), "{help}");
 }
+
+/// A config that binds `http.addr` on 127.0.0.1:0 with this `http.debug` section.
+fn config_with_debug(debug_yaml: &str) -> cistern::config::Config {
+    cistern::config::Config::from_yaml(
+        &format!("http:\n  addr: 127.0.0.1:0\n{debug_yaml}storage:\n  inmemory:\n"),
+        Vec::new(),
+    )
+    .unwrap()
+    .config
+}
+
+#[tokio::test]
+async fn a_taken_default_debug_address_is_skipped_but_a_taken_configured_one_is_fatal() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_addr = held.local_addr().unwrap().to_string();
+
+    // The default address (DEFAULT_DEBUG_ADDR), pointed at the held port: the test cannot rely
+    // on what holds 127.0.0.1:5001.
+    let mut config = config_with_debug("");
+    let debug = config.http.debug.as_mut().unwrap();
+    assert!(!debug.addr_configured);
+    debug.addr = held_addr.clone();
+    let listeners = cistern::server::Listeners::bind(&config.http)
+        .await
+        .expect("a registry:2 config starts whatever holds the default debug port");
+    assert!(listeners.debug.is_none());
+
+    let config = config_with_debug(&format!("  debug:\n    addr: {held_addr}\n"));
+    let error = cistern::server::Listeners::bind(&config.http)
+        .await
+        .err()
+        .expect("an address the operator asked for must bind")
+        .to_string();
+    assert!(
+        error.contains("http.debug.addr") && error.contains(&held_addr),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_registry2_config_starts_while_the_default_debug_port_is_taken() {
+    // Hold the default debug port; if it cannot be bound, something else holds it already,
+    // which is the case under test as well.
+    let default = cistern::config::DEFAULT_DEBUG_ADDR;
+    let _held = std::net::TcpListener::bind(default);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "version: 0.1\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://127.0.0.1:1\n",
+            dir.path().join("storage").display()
+        ),
+    );
+    let cistern = crate::common::binary::Binary::start(&config).await;
+    assert_eq!(
+        reqwest::get(format!("{}/v2/", cistern.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let log = cistern.log_text();
+    assert!(
+        log.contains("http.debug.addr") && log.contains("starting without the debug listener"),
+        "the skipped debug listener is a warning naming the key:\n{log}"
+    );
+}

@@ -21,9 +21,9 @@ pub const MAX_TAG_PAGES: usize = 20;
 pub const MAX_TAG_PAGE_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Upstream {
-    /// The repository's tags after `last` (all of them when None), at most `n` of them and at
-    /// most [`MAX_TAGS`], following upstream's `Link: <...>; rel="next"` pages until there are
-    /// enough. `more` says upstream has further tags.
+    /// The repository's tags after `last` (all of them when None): pages of upstream's
+    /// `Link: <...>; rel="next"` chain are read until `n` tags came, at most [`MAX_TAGS`].
+    /// `more` says upstream has further tags.
     pub async fn tags(
         &self,
         repo: &RepoName,
@@ -47,8 +47,10 @@ impl Upstream {
             tags.extend(page);
             next = link;
         }
-        let more = next.is_some() || tags.len() > wanted;
-        tags.truncate(wanted);
+        // Cut at the cap only, not at `n`: upstreams that ignore `n` send every tag unsorted
+        // (Distribution 2.8), so the caller sorts what came before taking its page.
+        let more = next.is_some() || tags.len() > MAX_TAGS;
+        tags.truncate(MAX_TAGS);
         Ok(TagPage { tags, more })
     }
 

@@ -449,3 +449,45 @@ async fn a_manifest_body_shorter_than_its_content_length_is_an_error() {
         "nothing stored: {stored:?}"
     );
 }
+
+/// Distribution 2.8 ignores `n` and sends every tag unsorted: the page a client asks for is cut
+/// from the sorted whole, never from upstream's order.
+#[tokio::test]
+async fn an_upstream_that_ignores_n_and_does_not_sort_still_pages_in_order() {
+    let up = Hostile::start(|_| {
+        Router::new()
+            .route("/v2/", get(|| async { StatusCode::OK }))
+            .route(
+                "/v2/org/app/tags/list",
+                get(|| async { r#"{"name":"org/app","tags":["latest","2.0","1.0"]}"# }),
+            )
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).anonymous().start().await;
+    let mut seen = Vec::new();
+    let mut path = "/v2/org/app/tags/list?n=1".to_owned();
+    for _ in 0..5 {
+        let response = mirror.get(&path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let link = response
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = response.json().await.unwrap();
+        seen.extend(body["tags"].as_array().unwrap().iter().cloned());
+        let Some(link) = link else { break };
+        path = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_owned();
+    }
+    assert_eq!(
+        seen,
+        serde_json::json!(["1.0", "2.0", "latest"])
+            .as_array()
+            .unwrap()
+            .clone()
+    );
+}

@@ -491,3 +491,48 @@ async fn an_upstream_that_ignores_n_and_does_not_sort_still_pages_in_order() {
             .clone()
     );
 }
+
+/// A token lifetime past what an `Instant` can hold panicked inside the blob fill, whose
+/// in-flight entry then answered 503 for that digest until a restart. Now the blob is served,
+/// and served again.
+#[tokio::test]
+async fn a_blob_fetched_with_an_absurd_token_lifetime_is_served_every_time() {
+    let layer = content("layer under an absurd token", 300 * 1024);
+    let digest = sha256(&layer);
+    let blob_path = format!("/v2/good/app/blobs/{digest}");
+    let up = Hostile::start(|url| {
+        let layer = layer.clone();
+        hostile::registry(&format!("{url}/token"))
+            .route(
+                "/token",
+                get(|| async {
+                    format!(r#"{{"token":"{TOKEN}","expires_in":18446744073709551615}}"#)
+                }),
+            )
+            .route(
+                &blob_path,
+                get(move |headers: HeaderMap| {
+                    let layer = layer.clone();
+                    async move {
+                        if !has_token(&headers) {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        layer.into_response()
+                    }
+                }),
+            )
+    })
+    .await;
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    for attempt in 0..3 {
+        let response = mirror.get(&blob_path).await;
+        assert_eq!(response.status(), 200, "attempt {attempt}");
+        let body = response.bytes().await.unwrap();
+        assert_eq!(sha256(&body), digest, "attempt {attempt}");
+    }
+    assert_eq!(
+        up.requests_to(&blob_path).len(),
+        1,
+        "fetched once, then cached"
+    );
+}

@@ -232,7 +232,9 @@ mod tests {
     async fn a_task_that_panics_publishes_a_failure_and_releases_its_entry() {
         let flights = Flights::default();
         let (starts, go) = (Arc::default(), Arc::new(tokio::sync::Notify::new()));
-        let (mut first, _) = attempt(&flights, &starts, &go, || panic!("injected"));
+        let (mut first, _) = attempt(&flights, &starts, &go, || {
+            panic!("a deliberate panic: this test checks the guard")
+        });
         let (mut joined, role) = attempt(&flights, &starts, &go, || State::Done(Ok(1)));
         assert_eq!(role, Role::Joined);
         go.notify_one();

@@ -4,9 +4,19 @@
 //! handshake, the HTTP/2 preface or an unfinished HEADERS frame would otherwise stay open for
 //! ever, holding a file descriptor. Later HTTP/1 request heads are hyper's to time.
 //!
+//! Until then the connection is also the connection cap's to evict (see `connection_cap`): at a
+//! full cap, a new connection takes the place of the oldest one still in this phase.
+//!
 //! Two halves share one flag: the service marks it when a request reaches it (its head is
-//! complete), and the stream fails its reads and writes once the deadline passes unmarked, which
-//! makes hyper (and rustls) close the connection.
+//! complete), and the stream fails its reads and writes once the deadline passes unmarked, or
+//! once the cap evicts the connection, which makes hyper (and rustls) close the connection. The
+//! stream polls the deadline's timer and the eviction signal alongside each read and write, so
+//! a connection waiting on a silent peer is woken to fail.
+//!
+//! An eviction and a first request can cross: the cap decides under its lock, and marking takes
+//! the connection off the cap's list under that lock before setting the flag, so a stream that
+//! sees the flag set and no eviction has not been evicted and never will be; one evicted before
+//! its request was marked fails anyway, as its slot has been promised to the newcomer.
 
 use std::future::Future;
 use std::io;
@@ -19,27 +29,79 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::connection_cap::PreRequestPhase;
 
 /// Set once the connection's first request head has arrived.
 #[derive(Clone, Default)]
-pub struct FirstRequest(Arc<AtomicBool>);
+pub struct FirstRequest {
+    arrived: Arc<AtomicBool>,
+    /// Told of the arrival, so the cap no longer counts the connection as idle.
+    phase: Option<PreRequestPhase>,
+}
 
 impl FirstRequest {
+    pub fn new(phase: PreRequestPhase) -> Self {
+        FirstRequest {
+            arrived: Arc::default(),
+            phase: Some(phase),
+        }
+    }
+
     fn arrived(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.arrived.load(Ordering::Acquire)
     }
 
     fn mark(&self) {
-        self.0.store(true, Ordering::Release);
+        if self.arrived() {
+            return;
+        }
+        // Off the cap's list before the flag is set: see the module's comment.
+        if let Some(phase) = &self.phase {
+            phase.end();
+        }
+        self.arrived.store(true, Ordering::Release);
     }
 }
 
-/// A connection's stream that fails once `timeout` has passed without a request.
+/// Why a connection's stream fails.
+#[derive(Clone, Copy)]
+enum Closed {
+    TimedOut,
+    Evicted,
+}
+
+impl Closed {
+    fn error(self) -> io::Error {
+        match self {
+            Closed::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete request head within http.timeouts.header",
+            ),
+            Closed::Evicted => io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "no request yet, evicted at the connection limit for a new connection",
+            ),
+        }
+    }
+}
+
+/// The first-request phase's two ends, dropped once a request has arrived.
+struct PreRequest {
+    deadline: Pin<Box<Sleep>>,
+    evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+/// A connection's stream that fails once `timeout` has passed without a request, or once the
+/// connection cap evicts it before one.
 pub struct DeadlineStream<S> {
     inner: S,
     first_request: FirstRequest,
-    /// None once a request has arrived: the deadline no longer applies.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// None once a request has arrived: neither the deadline nor eviction applies.
+    pre_request: Option<PreRequest>,
+    /// Set once the stream has failed: it fails for good.
+    closed: Option<Closed>,
     timeout: Duration,
     peer: Option<SocketAddr>,
 }
@@ -50,36 +112,52 @@ impl<S> DeadlineStream<S> {
         first_request: FirstRequest,
         timeout: Duration,
         peer: Option<SocketAddr>,
+        eviction: CancellationToken,
     ) -> Self {
         DeadlineStream {
             inner,
             first_request,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            pre_request: Some(PreRequest {
+                deadline: Box::pin(tokio::time::sleep(timeout)),
+                evicted: Box::pin(eviction.cancelled_owned()),
+            }),
+            closed: None,
             timeout,
             peer,
         }
     }
 
-    /// The error every read and write returns once the deadline has passed, else None. Polling
-    /// the timer registers the caller's waker, so a connection waiting on a silent peer is woken
-    /// to fail.
+    /// The error every read and write returns once the deadline has passed or the connection
+    /// was evicted, else None. Polling the timer and the eviction registers the caller's waker,
+    /// so a connection waiting on a silent peer is woken to fail.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        let deadline = self.deadline.as_mut()?;
-        if self.first_request.arrived() {
-            self.deadline = None;
-            return None;
+        if let Some(closed) = self.closed {
+            return Some(closed.error());
         }
-        deadline.as_mut().poll(cx).is_ready().then(|| {
+        let pre_request = self.pre_request.as_mut()?;
+        // The flag first, then the eviction: see the module's comment.
+        let arrived = self.first_request.arrived();
+        let closed = if pre_request.evicted.as_mut().poll(cx).is_ready() {
+            tracing::debug!(
+                peer = ?self.peer,
+                "closing a connection that sent no request yet: evicted at the connection limit for a new connection"
+            );
+            Closed::Evicted
+        } else if arrived {
+            self.pre_request = None;
+            return None;
+        } else if pre_request.deadline.as_mut().poll(cx).is_ready() {
             tracing::debug!(
                 peer = ?self.peer,
                 timeout = ?self.timeout,
                 "closing a connection that sent no complete request head in time (http.timeouts.header)"
             );
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no complete request head within http.timeouts.header",
-            )
-        })
+            Closed::TimedOut
+        } else {
+            return None;
+        };
+        self.closed = Some(closed);
+        Some(closed.error())
     }
 }
 
@@ -178,7 +256,13 @@ mod tests {
     async fn a_silent_peer_fails_at_the_deadline_and_a_marked_one_never() {
         let timeout = Duration::from_millis(100);
         let (ours, _theirs) = tokio::io::duplex(64);
-        let mut stream = DeadlineStream::new(ours, FirstRequest::default(), timeout, None);
+        let mut stream = DeadlineStream::new(
+            ours,
+            FirstRequest::default(),
+            timeout,
+            None,
+            CancellationToken::new(),
+        );
         let mut buf = [0u8; 8];
         let error = stream.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
@@ -186,11 +270,69 @@ mod tests {
 
         let (ours, mut theirs) = tokio::io::duplex(64);
         let first_request = FirstRequest::default();
-        let mut stream = DeadlineStream::new(ours, first_request.clone(), timeout, None);
+        let mut stream = DeadlineStream::new(
+            ours,
+            first_request.clone(),
+            timeout,
+            None,
+            CancellationToken::new(),
+        );
         first_request.mark();
         // Past the deadline on purpose: a marked connection must not be cut.
         tokio::time::sleep(3 * timeout).await;
         theirs.write_all(b"late").await.unwrap();
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn eviction_wakes_a_pending_read_to_fail_and_spares_a_connection_served_first() {
+        let timeout = Duration::from_secs(600);
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let eviction = CancellationToken::new();
+        let mut stream = DeadlineStream::new(
+            ours,
+            FirstRequest::default(),
+            timeout,
+            None,
+            eviction.clone(),
+        );
+        let mut buf = [0u8; 8];
+        let reading = tokio::spawn(async move {
+            let error = stream.read(&mut buf).await.unwrap_err();
+            (error, stream.write_all(b"x").await.is_err())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!reading.is_finished(), "a silent peer's read is pending");
+        eviction.cancel();
+        let (error, write_failed) = tokio::time::timeout(Duration::from_secs(5), reading)
+            .await
+            .expect("eviction wakes the pending read")
+            .unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(write_failed, "an evicted connection fails for good");
+
+        // Evicted before its request was marked: it fails anyway (its slot is promised away).
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let first_request = FirstRequest::default();
+        let eviction = CancellationToken::new();
+        let mut stream =
+            DeadlineStream::new(ours, first_request.clone(), timeout, None, eviction.clone());
+        eviction.cancel();
+        first_request.mark();
+        theirs.write_all(b"late").await.unwrap();
+        assert!(stream.read(&mut buf).await.is_err());
+
+        // Served first: later its stream no longer listens for eviction.
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let first_request = FirstRequest::default();
+        let eviction = CancellationToken::new();
+        let mut stream =
+            DeadlineStream::new(ours, first_request.clone(), timeout, None, eviction.clone());
+        first_request.mark();
+        theirs.write_all(b"head").await.unwrap();
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 4);
+        eviction.cancel();
+        theirs.write_all(b"next").await.unwrap();
         assert_eq!(stream.read(&mut buf).await.unwrap(), 4);
     }
 }

@@ -1,5 +1,7 @@
-//! The acceptor every client connection passes through: a slot under the connection cap, and
-//! the first-request deadline on its stream (beneath TLS, so the handshake is timed too).
+//! The acceptor every client connection passes through: a slot under the connection cap (at a
+//! full cap, one taken from the oldest connection that has sent no request yet, see
+//! `connection_cap`), and the first-request deadline and eviction on its stream (beneath TLS,
+//! so the handshake is timed, and can be evicted, too).
 
 use std::future::Future;
 use std::io;
@@ -50,19 +52,25 @@ where
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let peer = stream.peer_addr().ok();
-        let slot = self.cap.admit(peer);
+        let cap = self.cap.clone();
         let inner = self.inner.clone();
         let header_timeout = self.header_timeout;
         Box::pin(async move {
             // Dropping the stream closes it at once, which is what a client beyond the cap gets.
-            let slot = slot.ok_or_else(|| {
+            let slot = cap.admit(peer).await.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::ConnectionRefused, "connection limit reached")
             })?;
             let (stream, service) = inner.accept(stream, service).await?;
-            let first_request = FirstRequest::default();
+            let first_request = FirstRequest::new(slot.pre_request_phase());
             Ok((
                 GuardedStream {
-                    inner: DeadlineStream::new(stream, first_request.clone(), header_timeout, peer),
+                    inner: DeadlineStream::new(
+                        stream,
+                        first_request.clone(),
+                        header_timeout,
+                        peer,
+                        slot.eviction(),
+                    ),
                     _slot: slot,
                 },
                 MarkFirstRequest::new(service, first_request),

@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::common::*;
 use futures::StreamExt;
 use reqwest::Method;
-use serde_json::Value;
 
 const KIB: usize = 1024;
 
@@ -70,17 +69,6 @@ impl Setup {
         }
         panic!("spool files left behind");
     }
-}
-
-async fn error_of(response: reqwest::Response) -> (u16, String, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    let error = &body["errors"][0];
-    (
-        status,
-        error["code"].as_str().unwrap().to_owned(),
-        error["message"].as_str().unwrap().to_owned(),
-    )
 }
 
 /// The body's bytes, or the error that ended it (or the error status that answered instead:

@@ -15,18 +15,6 @@ use serde_json::Value;
 use crate::common::hostile::{self, challenge, has_token, Hostile, MANIFEST, TOKEN};
 use crate::common::*;
 
-/// The status, OCI code and message of an error answer.
-async fn failure(response: reqwest::Response) -> (u16, String, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    let error = &body["errors"][0];
-    (
-        status,
-        error["code"].as_str().unwrap().to_owned(),
-        error["message"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// A registry (with its token service at `/token`) whose `evil/app` manifests and blobs
 /// redirect to `target`.
 async fn redirecting_registry(target: &str) -> Hostile {
@@ -71,7 +59,7 @@ async fn a_redirect_targets_challenge_never_gets_the_credentials() {
     let mirror = MirrorSetup::new(&up.url).start().await;
 
     let manifest = mirror.get_manifest("evil/app", "latest").await;
-    let (status, code, message) = failure(manifest).await;
+    let (status, code, message) = error_of(manifest).await;
     assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
     assert!(
         message.contains(&format!("{}/redirected", thief.url)),
@@ -154,7 +142,7 @@ async fn a_failing_token_service_is_unavailable_not_a_credentials_problem() {
         .await;
         let mirror = MirrorSetup::new(&up.url).start().await;
         let (got_status, got_code, message) =
-            failure(mirror.get_manifest("good/app", "latest").await).await;
+            error_of(mirror.get_manifest("good/app", "latest").await).await;
         assert_eq!(
             (got_status, got_code.as_str()),
             (status, code),
@@ -179,7 +167,7 @@ async fn a_token_body_that_breaks_off_is_unavailable() {
     .await;
     let up = Hostile::start(|_| hostile::registry(&token_url)).await;
     let mirror = MirrorSetup::new(&up.url).start().await;
-    let (status, code, message) = failure(mirror.get_manifest("good/app", "latest").await).await;
+    let (status, code, message) = error_of(mirror.get_manifest("good/app", "latest").await).await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{message}");
     assert!(message.contains(&token_url), "{message}");
     assert!(message.contains("broke off"), "{message}");
@@ -203,7 +191,7 @@ async fn a_token_service_that_stalls_mid_body_is_unavailable() {
     )
     .await
     .expect("the mirror answers within its deadline");
-    let (status, code, message) = failure(response).await;
+    let (status, code, message) = error_of(response).await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{message}");
     assert!(message.contains(&format!("{}/token", up.url)), "{message}");
     assert!(message.contains("timed out"), "{message}");
@@ -217,7 +205,7 @@ async fn oversized_token_responses_are_refused() {
     })
     .await;
     let mirror = MirrorSetup::new(&up.url).start().await;
-    let (status, code, message) = failure(mirror.get_manifest("good/app", "latest").await).await;
+    let (status, code, message) = error_of(mirror.get_manifest("good/app", "latest").await).await;
     assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
     assert!(message.contains(&format!("{}/token", up.url)), "{message}");
     assert!(message.contains("larger than 65536 bytes"), "{message}");
@@ -243,7 +231,7 @@ async fn a_huge_tag_list_is_refused_while_it_streams() {
     })
     .await;
     let mirror = MirrorSetup::new(&up.url).anonymous().start().await;
-    let (status, code, message) = failure(mirror.get("/v2/big/app/tags/list").await).await;
+    let (status, code, message) = error_of(mirror.get("/v2/big/app/tags/list").await).await;
     assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
     assert!(
         message.contains(&format!("{}/v2/big/app/tags/list", up.url)),
@@ -350,7 +338,7 @@ async fn a_tag_list_link_to_another_origin_is_not_followed() {
     })
     .await;
     let mirror = MirrorSetup::new(&up.url).start().await;
-    let (status, code, message) = failure(mirror.get("/v2/evil/app/tags/list").await).await;
+    let (status, code, message) = error_of(mirror.get("/v2/evil/app/tags/list").await).await;
     assert_eq!((status, code.as_str()), (502, "UNKNOWN"), "{message}");
     assert!(message.contains("another origin"), "{message}");
     assert!(thief.seen().is_empty(), "{:?}", thief.seen());
@@ -399,7 +387,7 @@ async fn bodies_that_are_not_manifests_are_refused_and_not_stored() {
     let up = manifest_server(cases.clone()).await;
     let mirror = MirrorSetup::new(&up.url).anonymous().start().await;
     for (tag, _, _) in &cases {
-        let (status, code, message) = failure(mirror.get_manifest("bogus/app", tag).await).await;
+        let (status, code, message) = error_of(mirror.get_manifest("bogus/app", tag).await).await;
         assert_eq!(
             (status, code.as_str()),
             (502, "UNKNOWN"),
@@ -437,7 +425,7 @@ async fn a_manifest_body_shorter_than_its_content_length_is_an_error() {
     answer.extend_from_slice(&MANIFEST.as_bytes()[..10]);
     let url = hostile::raw(answer).await;
     let mirror = MirrorSetup::new(&url).anonymous().start().await;
-    let (status, code, message) = failure(mirror.get_manifest("cut/app", "latest").await).await;
+    let (status, code, message) = error_of(mirror.get_manifest("cut/app", "latest").await).await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{message}");
     assert!(
         message.contains(&format!("{url}/v2/cut/app/manifests/latest")),

@@ -336,6 +336,18 @@ pub fn header(response: &reqwest::Response, name: &str) -> String {
 }
 
 /// The OCI error code of an error response.
+/// The status, OCI code and message of an error answer.
+pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    let error = &body["errors"][0];
+    (
+        status,
+        error["code"].as_str().unwrap().to_owned(),
+        error["message"].as_str().unwrap().to_owned(),
+    )
+}
+
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: Value = response.json().await.unwrap();
     body["errors"][0]["code"].as_str().unwrap().to_owned()

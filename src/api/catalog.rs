@@ -6,20 +6,25 @@ use super::error::ApiError;
 use super::pagination::{next_link, PageQuery};
 use crate::access::Access;
 use crate::cache::{paginate, Cache};
+use crate::registry::MirroredRegistries;
 
 /// Distribution's `catalog.maxentries` default: the largest page served.
 const MAX_ENTRIES: usize = 1000;
 
-/// `GET /v2/_catalog`: the repositories this mirror holds and the client may pull, in pages.
+/// `GET /v2/_catalog`: the repositories this mirror holds and the client may pull, in pages,
+/// named as clients name them (`library/alpine`, `ghcr.io/owner/app`).
 pub async fn list(
     cache: &Cache,
     query: Option<&str>,
     access: &Access,
+    registries: &MirroredRegistries,
 ) -> Result<Response, ApiError> {
     let page = PageQuery::parse(query)?;
     let n = page.n.unwrap_or(MAX_ENTRIES).min(MAX_ENTRIES);
     let mut repositories = cache.repositories().await?;
-    repositories.retain(|name| access.allows(name));
+    // A registry removed from the configuration leaves its repositories in the store; they
+    // cannot be pulled, so they are not listed.
+    repositories.retain(|name| access.allows(name) && registries.serves_name(name));
     let (repositories, more) = paginate(repositories, Some(n), page.last.as_deref());
     let link = repositories
         .last()

@@ -122,7 +122,7 @@ async fn answer(state: &AppState, endpoint: &Endpoint, parts: &http::request::Pa
     let cache = &state.cache;
     let result = match endpoint {
         Endpoint::Base => Ok(axum::Json(serde_json::json!({})).into_response()),
-        Endpoint::Catalog => catalog::list(cache, query, &state.access).await,
+        Endpoint::Catalog => catalog::list(cache, query, &state.access, &state.registries).await,
         Endpoint::Tags { repo } => tags::list(cache, repo, query).await,
         Endpoint::Manifest {
             repo,

@@ -64,8 +64,13 @@ impl Cache {
     ) -> Result<(u64, Outcome), CacheError> {
         let result = async {
             if let Some(fill) = self.fills().get(digest) {
-                if let Some(size) = self.join(fill, repo).await?.size().await? {
-                    return Ok((size, Outcome::Joined));
+                let for_another = &fill.repo != repo;
+                match self.join(fill, repo).await?.size().await {
+                    Ok(Some(size)) => return Ok((size, Outcome::Joined)),
+                    Ok(None) => {}
+                    Err(e) if !for_another => return Err(e),
+                    // That repository's fetch failed; this one's is asked below.
+                    Err(_) => {}
                 }
             }
             if let Some(size) = self.linked_blob_size(repo, digest).await? {
@@ -114,7 +119,9 @@ impl Cache {
                         None => self.refill(repo, digest, range).await,
                     }
                 }
-                Source::Filling(fill, outcome) => self.answer_from_fill(fill, range, outcome).await,
+                Source::Filling(fill, outcome) => {
+                    self.answer_from_fill(repo, fill, range, outcome).await
+                }
             }
         };
         result.await.map_err(|e| blob_unknown(e, repo, digest))
@@ -128,7 +135,7 @@ impl Cache {
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, CacheError> {
         let (fill, outcome) = self.start_fill(repo, digest).await?;
-        self.answer_from_fill(fill, range, outcome).await
+        self.answer_from_fill(repo, fill, range, outcome).await
     }
 
     /// The stored blob, a fill to join, or a new fill.
@@ -170,7 +177,28 @@ impl Cache {
         Ok(fill)
     }
 
+    /// The answer from `fill`, which this request started or joined. A fill another
+    /// repository started that fails before its first byte failed for that repository (its
+    /// upstream said 404, or was down), while this repository's upstream confirmed the blob
+    /// when it joined: this repository's own fetch is started (or joined) instead, once.
     async fn answer_from_fill(
+        &self,
+        repo: &RepoName,
+        fill: Arc<Fill>,
+        range: Option<ByteRange>,
+        outcome: Outcome,
+    ) -> Result<BlobAnswer, CacheError> {
+        match fill.size().await {
+            Err(_) if &fill.repo != repo => {
+                let (own, outcome) = self.start_fill(repo, &fill.digest).await?;
+                self.stream_fill(own, range, outcome).await
+            }
+            Err(e) => Err(e),
+            Ok(_) => self.stream_fill(fill, range, outcome).await,
+        }
+    }
+
+    async fn stream_fill(
         &self,
         fill: Arc<Fill>,
         range: Option<ByteRange>,

@@ -43,6 +43,10 @@ impl AttemptState for FlightState {
         self.0.is_some()
     }
 
+    fn has_failed(&self) -> bool {
+        matches!(self.0, Some(Err(_)))
+    }
+
     fn abandon(&mut self) {
         self.0 = Some(Err(Arc::new(CacheError::Abandoned {
             task: "manifest fetch",

@@ -6,7 +6,10 @@
 //! entry and the publishing end live in a `Publisher`, whose drop is the guard: whatever way the
 //! task ends (an outcome, an early return, a panic, the runtime cancelling it), the state is
 //! settled (`abandon` when the task did not settle it) and the entry removed, so nobody waits
-//! for an attempt that is gone and the next caller starts a new one.
+//! for an attempt that is gone and the next caller starts a new one. An attempt that failed is
+//! never joined, even in the moment between its failure and its release: a caller arriving
+//! then starts anew (one whose request differs may succeed, e.g. another repository's fetch
+//! of the same blob).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +23,8 @@ use tokio::sync::watch;
 pub trait AttemptState: Send + Sync + 'static {
     /// Whether this is the attempt's outcome (success or failure): nothing changes after it.
     fn is_settled(&self) -> bool;
+    /// Whether the attempt ended in failure.
+    fn has_failed(&self) -> bool;
     /// Turns an unsettled state into a failure: the task ended without an outcome.
     fn abandon(&mut self);
 }
@@ -42,6 +47,14 @@ struct Entry<H> {
     /// Tells this attempt's entry from a later one under the same key.
     id: u64,
     handle: H,
+    /// Reads whether the attempt failed.
+    failed: Box<dyn Fn() -> bool + Send>,
+}
+
+impl<H> Entry<H> {
+    fn joinable(&self) -> bool {
+        !(self.failed)()
+    }
 }
 
 impl<K, H> Default for SingleFlight<K, H> {
@@ -74,10 +87,12 @@ where
         Task: Future<Output = ()> + Send + 'static,
     {
         let mut entries = lock(&self.entries);
-        if let Some(entry) = entries.get(key) {
+        if let Some(entry) = entries.get(key).filter(|e| e.joinable()) {
             return Ok((entry.handle.clone(), Role::Joined));
         }
         let (sender, receiver) = watch::channel(initial);
+        let probe = receiver.clone();
+        let failed = Box::new(move || probe.borrow().has_failed());
         let (handle, launch) = prepare(receiver)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         entries.insert(
@@ -85,6 +100,7 @@ where
             Entry {
                 id,
                 handle: handle.clone(),
+                failed,
             },
         );
         drop(entries);
@@ -99,9 +115,12 @@ where
         Ok((handle, Role::Started))
     }
 
-    /// The handle of the attempt in flight for `key`, if any.
+    /// The handle of the attempt in flight for `key`, if any (one that failed is gone).
     pub fn get(&self, key: &K) -> Option<H> {
-        lock(&self.entries).get(key).map(|e| e.handle.clone())
+        lock(&self.entries)
+            .get(key)
+            .filter(|e| e.joinable())
+            .map(|e| e.handle.clone())
     }
 
     #[cfg(test)]
@@ -179,6 +198,9 @@ mod tests {
         fn is_settled(&self) -> bool {
             matches!(self, State::Done(_))
         }
+        fn has_failed(&self) -> bool {
+            matches!(self, State::Done(Err(_)))
+        }
         fn abandon(&mut self) {
             *self = State::Done(Err("abandoned"));
         }
@@ -226,6 +248,39 @@ mod tests {
         }
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         assert_eq!(flights.len(), 0, "the entry is released with the outcome");
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_never_joined_even_before_its_entry_is_released() {
+        let flights = Flights::default();
+        let linger = Arc::new(tokio::sync::Notify::new());
+        let failing = |linger: Arc<tokio::sync::Notify>| {
+            flights
+                .join_or_start(&"key", State::Running, |state| {
+                    Ok::<_, ()>(
+                        (state, move |publisher: Publisher<_, _, State>| async move {
+                            publisher.publish(|s| *s = State::Done(Err("upstream said 404")));
+                            // The task lives on with its failure published and its entry held.
+                            linger.notified().await;
+                        }),
+                    )
+                })
+                .unwrap()
+        };
+        let (mut first, role) = failing(linger.clone());
+        assert_eq!(role, Role::Started);
+        assert_eq!(
+            outcome(&mut first).await,
+            State::Done(Err("upstream said 404"))
+        );
+        assert_eq!(flights.len(), 1, "the failed attempt still holds its entry");
+        assert!(
+            flights.get(&"key").is_none(),
+            "a failed attempt is not in flight"
+        );
+        let (_, role) = failing(linger.clone());
+        assert_eq!(role, Role::Started, "a failed attempt is not joined");
+        linger.notify_waiters();
     }
 
     #[tokio::test]

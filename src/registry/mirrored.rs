@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use url::Url;
 
-use super::registry_id::RegistryId;
+use super::registry_id::{is_registry_host, RegistryId, DOCKER_HUB_NAME};
 
 /// Docker Hub's names: what clients call it, and the hosts its API is served from.
 pub const DOCKER_HUB_HOSTS: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
@@ -47,10 +47,32 @@ impl MirroredRegistries {
         self.by_host.get(&host.to_ascii_lowercase())
     }
 
-    /// The names served, sorted, for messages.
+    /// Whether `name`, as this mirror shows names (`library/alpine`, `ghcr.io/owner/app`),
+    /// belongs to a registry served now: a cache may hold repositories of a registry since
+    /// removed from the configuration.
+    pub fn serves_name(&self, name: &str) -> bool {
+        match name.split_once('/') {
+            Some((first, _)) if is_registry_host(first) => {
+                matches!(self.lookup(first), Some(RegistryId::Host(_)))
+            }
+            _ => true,
+        }
+    }
+
+    /// The registries served, for messages: Docker Hub and each one listed, by the names
+    /// clients use. The default upstream's own address is left out: it may be internal.
     pub fn describe(&self) -> String {
-        let mut hosts: Vec<&str> = self.by_host.keys().map(String::as_str).collect();
+        let mut hosts: Vec<&str> = self
+            .by_host
+            .values()
+            .filter_map(|registry| match registry {
+                RegistryId::Host(host) => Some(&**host),
+                RegistryId::Default => None,
+            })
+            .collect();
         hosts.sort_unstable();
+        hosts.dedup();
+        hosts.insert(0, DOCKER_HUB_NAME);
         hosts.join(", ")
     }
 }
@@ -74,7 +96,6 @@ pub fn default_hosts(remote: &Url) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::is_registry_host;
 
     #[test]
     fn docker_hub_and_the_remote_host_are_the_default_and_listed_hosts_are_their_own() {
@@ -106,6 +127,20 @@ mod tests {
         assert_eq!(local.lookup("docker.io"), Some(&RegistryId::Default));
         assert_eq!(local.lookup("127.0.0.1"), None);
         assert_eq!(local.lookup("ghcr.io"), None);
+        assert_eq!(
+            local.describe(),
+            "docker.io",
+            "no internal address in messages"
+        );
+        assert_eq!(hub.describe(), "docker.io, ghcr.io, quay.io");
+        for (name, served) in [
+            ("library/alpine", true),
+            ("ghcr.io/owner/app", true),
+            ("registry.k8s.io/pause", false),
+            ("registry-1.docker.io/x", false),
+        ] {
+            assert_eq!(hub.serves_name(name), served, "{name}");
+        }
     }
 
     #[test]

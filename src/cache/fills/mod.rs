@@ -55,6 +55,10 @@ impl AttemptState for Progress {
         matches!(self.state, FillState::Verified | FillState::Failed(_))
     }
 
+    fn has_failed(&self) -> bool {
+        matches!(self.state, FillState::Failed(_))
+    }
+
     fn abandon(&mut self) {
         self.state = FillState::Failed(Arc::new(CacheError::Abandoned { task: "blob fill" }));
     }

@@ -617,7 +617,22 @@ async fn an_unconfigured_registry_is_not_mirrored_and_costs_no_upstream_request(
     add_small_image(&fleet.ghcr, "owner/app", Some("1.0"), OCI_MANIFEST, "ghcr");
     let mirror = fleet.setup().start().await;
     let blob = &hub_app.blobs[1];
+    // ghcr's upstream is reachable, but by the host its remoteurl names nobody configured:
+    // `ns` is a key into the configuration, never an address to dial.
+    let ghcr_address = fleet.ghcr.url.trim_start_matches("http://").to_owned();
     let cases = [
+        (
+            format!("/v2/owner/app/manifests/1.0?ns={ghcr_address}"),
+            ghcr_address.as_str(),
+        ),
+        (
+            format!("/v2/{ghcr_address}/owner/app/manifests/1.0"),
+            ghcr_address.as_str(),
+        ),
+        (
+            "/v2/localhost/owner/app/manifests/1.0".to_owned(),
+            "localhost",
+        ),
         ("/v2/owner/app/manifests/1.0?ns=gcr.io".to_owned(), "gcr.io"),
         (format!("/v2/owner/app/blobs/{blob}?ns=gcr.io"), "gcr.io"),
         ("/v2/owner/app/tags/list?ns=gcr.io".to_owned(), "gcr.io"),
@@ -680,6 +695,9 @@ async fn ns_and_a_path_prefix_naming_different_registries_are_a_bad_request() {
         "/v2/ghcr.io/owner/app/manifests/1.0?ns=docker.io",
         "/v2/ghcr.io/owner/app/tags/list?ns=quay.io",
         "/v2/owner/app/manifests/1.0?ns=ghcr.io&ns=quay.io",
+        // A Docker Hub name cannot start with a registry host: the two layouts never meet.
+        "/v2/docker.io/quay.io/owner/app/manifests/1.0",
+        "/v2/quay.io/owner/app/manifests/1.0?ns=docker.io",
     ] {
         let response = mirror.get(path).await;
         let (status, code, _) = error_of(response).await;
@@ -1041,7 +1059,14 @@ async fn the_catalog_hides_what_may_not_be_pulled() {
 fn bad_registry_sections_stop_start_up_naming_the_key() {
     let cases = [
         ("registries: {ghcr: {}}", "registries.ghcr"),
-        ("registries: {GHCR.IO: {}}", "registries.GHCR.IO"),
+        (
+            "registries: {'https://ghcr.io': {}}",
+            "registries.https://ghcr.io",
+        ),
+        (
+            "registries: {'ghcr.io/owner': {}}",
+            "registries.ghcr.io/owner",
+        ),
         (
             "registries: {ghcr.io: {remoteurl: 'not a url'}}",
             "registries.ghcr.io.remoteurl",

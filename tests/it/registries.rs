@@ -911,6 +911,40 @@ async fn access_patterns_name_the_registry_and_a_bare_pattern_means_the_default(
 }
 
 #[tokio::test]
+async fn a_pattern_without_a_host_never_matches_another_registrys_names() {
+    // `*/app` is written for the default upstream (any Docker Hub user's `app`); its first
+    // `*` must not stand for a registry host, or it would open ghcr.io's `app` too.
+    let fleet = Fleet::start().await;
+    let hub_app = add_small_image(&fleet.hub, "owner/app", Some("1.0"), OCI_MANIFEST, "hub");
+    add_small_image(&fleet.ghcr, "app", Some("1.0"), OCI_MANIFEST, "ghcr");
+    add_small_image(&fleet.quay, "app", Some("1.0"), OCI_MANIFEST, "quay");
+    let mirror = fleet
+        .setup()
+        .extra_yaml("access:\n  repositories:\n    allow: ['*/app']\n")
+        .start()
+        .await;
+    for path in [
+        "/v2/ghcr.io/app/manifests/1.0",
+        "/v2/app/manifests/1.0?ns=quay.io",
+    ] {
+        refused(&mirror, path).await;
+    }
+    assert_eq!(fleet.ghcr.seen().len() + fleet.quay.seen().len(), 0);
+    let pulled = mirror.pull("owner/app", "1.0").await;
+    assert_eq!(digests(&pulled), pulled_digests(&hub_app));
+
+    // And a deny without a host leaves other registries alone.
+    let ghcr_secret = add_small_image(&fleet.ghcr, "secret", Some("1"), OCI_MANIFEST, "s");
+    let mirror = fleet
+        .setup()
+        .extra_yaml("access:\n  repositories:\n    deny: ['*/secret']\n")
+        .start()
+        .await;
+    let pulled = mirror.pull("ghcr.io/secret", "1").await;
+    assert_eq!(digests(&pulled), pulled_digests(&ghcr_secret));
+}
+
+#[tokio::test]
 async fn a_whole_registry_can_be_denied() {
     let fleet = Fleet::start().await;
     add_small_image(&fleet.hub, "owner/app", Some("1.0"), OCI_MANIFEST, "hub");

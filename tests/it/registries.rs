@@ -853,12 +853,12 @@ async fn the_catalog_names_repositories_with_their_registry_and_pages() {
 // 5. Access ------------------------------------------------------------------------------------
 
 async fn refused(mirror: &Mirror, path: &str) {
-    let (status, code, message) = error_of(mirror.get_manifest_path(path).await).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (403, "DENIED"),
-        "{path}: {message}"
-    );
+    let response = mirror.get_manifest_path(path).await;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 403, "{path} must be refused: {body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED", "{path}: {body}");
 }
 
 #[tokio::test]
@@ -911,7 +911,7 @@ async fn access_patterns_name_the_registry_and_a_bare_pattern_means_the_default(
 }
 
 #[tokio::test]
-async fn a_pattern_without_a_host_never_matches_another_registrys_names() {
+async fn an_allow_pattern_without_a_host_never_opens_another_registry() {
     // `*/app` is written for the default upstream (any Docker Hub user's `app`); its first
     // `*` must not stand for a registry host, or it would open ghcr.io's `app` too.
     let fleet = Fleet::start().await;
@@ -932,14 +932,20 @@ async fn a_pattern_without_a_host_never_matches_another_registrys_names() {
     assert_eq!(fleet.ghcr.seen().len() + fleet.quay.seen().len(), 0);
     let pulled = mirror.pull("owner/app", "1.0").await;
     assert_eq!(digests(&pulled), pulled_digests(&hub_app));
+}
 
-    // And a deny without a host leaves other registries alone.
+#[tokio::test]
+async fn a_deny_pattern_without_a_host_leaves_other_registries_alone() {
+    let fleet = Fleet::start().await;
+    add_small_image(&fleet.hub, "team/secret", Some("1"), OCI_MANIFEST, "h");
     let ghcr_secret = add_small_image(&fleet.ghcr, "secret", Some("1"), OCI_MANIFEST, "s");
     let mirror = fleet
         .setup()
         .extra_yaml("access:\n  repositories:\n    deny: ['*/secret']\n")
         .start()
         .await;
+    refused(&mirror, "/v2/team/secret/manifests/1").await;
+    assert_eq!(fleet.hub.seen().len(), 0);
     let pulled = mirror.pull("ghcr.io/secret", "1").await;
     assert_eq!(digests(&pulled), pulled_digests(&ghcr_secret));
 }

@@ -1585,3 +1585,268 @@ async fn upstream_metrics_are_labelled_with_the_registry() {
         .sum();
     assert_eq!(metrics.sum(requests, &[]) as usize, total);
 }
+
+#[tokio::test]
+async fn rate_limits_and_cache_outcomes_are_reported_per_registry() {
+    let fleet = Fleet::start().await;
+    *fleet.hub.state.faults.rate_limit.lock().unwrap() = Some((100, 60));
+    *fleet.ghcr.state.faults.rate_limit.lock().unwrap() = Some((5000, 4000));
+    add_small_image(&fleet.hub, "owner/app", Some("1.0"), OCI_MANIFEST, "hub");
+    let ghcr_app = add_small_image(&fleet.ghcr, "owner/app", Some("1.0"), OCI_MANIFEST, "ghcr");
+    add_small_image(&fleet.quay, "owner/app", Some("1.0"), OCI_MANIFEST, "quay");
+    let mirror = fleet.setup().start().await;
+    mirror.pull("owner/app", "1.0").await;
+    mirror.pull("ghcr.io/owner/app", "1.0").await;
+    mirror.pull("quay.io/owner/app", "1.0").await;
+    for digest in &ghcr_app.blobs {
+        let response = mirror
+            .get(&format!("/v2/owner/app/blobs/{digest}?ns=ghcr.io"))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let metrics = mirror.metrics().await;
+    for (registry, limit, remaining) in [
+        ("docker.io", 100.0, 59.0),
+        ("ghcr.io", 5000.0, 3999.0),
+        // quay reports no quota.
+        ("quay.io", -1.0, -1.0),
+    ] {
+        let label = [("registry", registry)];
+        assert_eq!(
+            metrics.sum("cistern_upstream_ratelimit_limit", &label),
+            limit,
+            "{registry}:\n{}",
+            metrics.0
+        );
+        assert_eq!(
+            metrics.sum("cistern_upstream_ratelimit_remaining", &label),
+            remaining,
+            "{registry}"
+        );
+    }
+    // Blob requests by registry: 3 per pull, and ghcr's 3 more (from the cache).
+    for (registry, blobs, hits) in [("docker.io", 3.0, 0.0), ("ghcr.io", 6.0, 3.0)] {
+        let label = ("registry", registry);
+        assert_eq!(
+            metrics.sum("cistern_cache_requests_total", &[label, ("kind", "blob")]),
+            blobs,
+            "{registry}:\n{}",
+            metrics.0
+        );
+        assert!(
+            metrics.sum(
+                "cistern_cache_requests_total",
+                &[label, ("kind", "blob"), ("outcome", "hit")]
+            ) >= hits,
+            "{registry}:\n{}",
+            metrics.0
+        );
+    }
+    assert_eq!(
+        metrics.sum(
+            "cistern_cache_requests_total",
+            &[("registry", "quay.io"), ("kind", "blob")]
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn tag_ttl_is_per_registry_and_unset_keys_take_proxys() {
+    let fleet = Fleet::start().await;
+    add_small_image(&fleet.hub, "owner/app", Some("1.0"), OCI_MANIFEST, "hub");
+    add_small_image(&fleet.ghcr, "owner/app", Some("1.0"), OCI_MANIFEST, "ghcr");
+    add_small_image(&fleet.quay, "owner/app", Some("1.0"), OCI_MANIFEST, "quay");
+    // proxy.tagttl 1h; ghcr revalidates every time; quay sets nothing and takes proxy's 1h.
+    let mirror = MirrorSetup::new(&fleet.hub.url)
+        .tag_ttl("1h")
+        .registry("ghcr.io", &fleet.ghcr.url, &["tagttl: 0"])
+        .registry(
+            "quay.io",
+            &fleet.quay.url,
+            &[
+                &format!("username: {QUAY_USER}"),
+                &format!("password: {QUAY_PASSWORD}"),
+            ],
+        )
+        .start()
+        .await;
+    for ns in ["docker.io", "ghcr.io", "quay.io"] {
+        let response = mirror
+            .get_manifest_path(&format!("/v2/owner/app/manifests/1.0?ns={ns}"))
+            .await;
+        assert_eq!(response.status(), 200, "{ns}");
+    }
+    let before: Vec<usize> = fleet.all().iter().map(|(_, up)| up.seen().len()).collect();
+    for _ in 0..3 {
+        for ns in ["docker.io", "ghcr.io", "quay.io"] {
+            let response = mirror
+                .get_manifest_path(&format!("/v2/owner/app/manifests/1.0?ns={ns}"))
+                .await;
+            assert_eq!(response.status(), 200, "{ns}");
+        }
+    }
+    let after: Vec<usize> = fleet.all().iter().map(|(_, up)| up.seen().len()).collect();
+    assert_eq!(after[0], before[0], "docker.io: within proxy.tagttl");
+    assert_eq!(after[2], before[2], "quay.io: proxy's tagttl, inherited");
+    assert_eq!(
+        fleet
+            .ghcr
+            .count(Method::HEAD, "/v2/owner/app/manifests/1.0"),
+        3,
+        "ghcr.io: tagttl 0, one HEAD per request: {:?}",
+        fleet.ghcr.seen()
+    );
+    assert_eq!(after[1], before[1] + 3, "{:?}", fleet.ghcr.seen());
+}
+
+#[tokio::test]
+async fn a_registry_that_fails_serves_its_cached_tags_and_the_others_carry_on() {
+    let fleet = Fleet::start().await;
+    let hub_app = add_small_image(&fleet.hub, "owner/app", Some("1.0"), OCI_MANIFEST, "hub");
+    let ghcr_app = add_small_image(&fleet.ghcr, "owner/app", Some("1.0"), OCI_MANIFEST, "ghcr");
+    add_small_image(
+        &fleet.ghcr,
+        "owner/app",
+        Some("2.0"),
+        OCI_MANIFEST,
+        "ghcr-2",
+    );
+    let mirror = fleet.setup().tag_ttl("0").start().await;
+    let cold = mirror.pull("ghcr.io/owner/app", "1.0").await;
+    mirror.pull("owner/app", "1.0").await;
+
+    fleet.ghcr.set_down(true);
+    let warm = mirror.pull("ghcr.io/owner/app", "1.0").await;
+    assert_eq!(warm, cold, "ghcr's cached image, byte for byte");
+    assert_eq!(digests(&warm), pulled_digests(&ghcr_app));
+    // What ghcr never served cannot be: 503 naming ghcr's upstream, not the hub's.
+    let (status, code, message) = error_of(
+        mirror
+            .get_manifest_path("/v2/ghcr.io/owner/app/manifests/2.0")
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"));
+    assert!(message.contains(&fleet.ghcr.url), "{message}");
+    // The hub still revalidates and answers.
+    let heads = fleet.hub.count(Method::HEAD, "/manifests/1.0");
+    let pulled = mirror.pull("owner/app", "1.0").await;
+    assert_eq!(digests(&pulled), pulled_digests(&hub_app));
+    assert_eq!(fleet.hub.count(Method::HEAD, "/manifests/1.0"), heads + 1);
+
+    let metrics = mirror.metrics().await;
+    assert_eq!(
+        metrics.sum(
+            "cistern_stale_serves_total",
+            &[("registry", "ghcr.io"), ("kind", "manifest")]
+        ),
+        1.0,
+        "{}",
+        metrics.0
+    );
+    assert_eq!(
+        metrics.sum("cistern_stale_serves_total", &[("registry", "docker.io")]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_layer_asked_through_two_registries_at_once_is_downloaded_once() {
+    let fleet = Fleet::start().await;
+    // A big layer both registries hold, so the two requests overlap.
+    let big = content("shared-big-layer", 4 * 1024 * 1024 + 5);
+    let digest = fleet.hub.add_blob("owner/app", &big);
+    fleet.ghcr.add_blob("owner/app", &big);
+    let mirror = fleet.setup().start().await;
+    let paths = [
+        format!("/v2/owner/app/blobs/{digest}"),
+        format!("/v2/ghcr.io/owner/app/blobs/{digest}"),
+    ];
+    let answers = futures::future::join_all(paths.iter().map(|path| async {
+        let response = mirror.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap())
+    }))
+    .await;
+    for (path, (status, bytes)) in paths.iter().zip(&answers) {
+        assert_eq!(*status, 200, "{path}");
+        assert!(*bytes == big, "{path}: not the layer's bytes");
+    }
+    let gets = fleet.hub.count(Method::GET, &digest) + fleet.ghcr.count(Method::GET, &digest);
+    assert_eq!(gets, 1, "one download for both registries");
+    assert_eq!(
+        asked(&fleet.hub, &digest) + asked(&fleet.ghcr, &digest),
+        2,
+        "the other registry confirmed it holds the layer: {:?} {:?}",
+        fleet.hub.seen(),
+        fleet.ghcr.seen()
+    );
+    assert!(mirror.has_content(&digest));
+}
+
+/// Polls `done` until it holds, failing with `what` after a deadline.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_failing_for_one_registry_does_not_fail_another_that_holds_the_blob() {
+    let fleet = Fleet::start().await;
+    // A layer only ghcr holds. A client asks for it through quay first (quay's upstream will
+    // say 404, but not yet: its answer is held), then through ghcr while quay's fetch is in
+    // flight.
+    let layer = content("ghcr-only-layer", 64 * 1024 + 9);
+    let digest = fleet.ghcr.add_blob("owner/app", &layer);
+    let gate = fleet.quay.hold(&digest);
+    let mirror = fleet.setup().start().await;
+    let get = |path: String| {
+        let (http, url) = (mirror.http.clone(), mirror.url.clone());
+        tokio::spawn(async move {
+            let response = http.get(format!("{url}{path}")).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap())
+        })
+    };
+    let through_quay = get(format!("/v2/quay.io/owner/app/blobs/{digest}"));
+    wait_for("quay's upstream is asked", || {
+        fleet.quay.count(Method::GET, &digest) == 1
+    })
+    .await;
+    let through_ghcr = get(format!("/v2/ghcr.io/owner/app/blobs/{digest}"));
+    wait_for(
+        "ghcr's upstream is asked while quay's fetch is in flight",
+        || asked(&fleet.ghcr, &digest) >= 1,
+    )
+    .await;
+    gate.close();
+    let (status, _) = through_quay.await.unwrap();
+    assert_eq!(status, 404, "quay does not hold ghcr's layer");
+    let (status, bytes) = through_ghcr.await.unwrap();
+    let trace = format!(
+        "ghcr saw {:?}\nquay saw {:?}",
+        fleet.ghcr.seen(),
+        fleet.quay.seen()
+    );
+    assert_eq!(
+        status, 200,
+        "ghcr holds the layer; quay's 404 is not ghcr's answer\n{trace}"
+    );
+    assert!(bytes == layer, "ghcr's bytes");
+    // And afterwards, ghcr's name serves it, quay's does not.
+    let response = mirror
+        .get(&format!("/v2/ghcr.io/owner/app/blobs/{digest}"))
+        .await;
+    assert_eq!(response.status(), 200, "{trace}");
+    let (status, code, _) = error_of(
+        mirror
+            .get(&format!("/v2/quay.io/owner/app/blobs/{digest}"))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
+}

@@ -74,6 +74,9 @@ pub struct Upstream {
     realm: Mutex<String>,
     /// The Basic credentials the token service accepts (`USER`/`PASSWORD` unless set).
     credentials: Mutex<(String, String)>,
+    /// GETs whose path contains one of these fragments wait until its gate is closed
+    /// (`FakeUpstream::hold`).
+    held: Mutex<Vec<(String, Arc<tokio::sync::Semaphore>)>>,
     /// Makes this upstream's tokens unlike any other's (its port), so a token of one fake
     /// registry presented to another is refused.
     token_prefix: Mutex<String>,
@@ -177,6 +180,18 @@ impl FakeUpstream {
         *self.state.private_prefix.lock().unwrap() = prefix.map(str::to_owned);
     }
 
+    /// Holds every GET whose path contains `fragment` (after recording it) until the returned
+    /// gate is closed (`gate.close()`), so a test can keep a fetch in flight.
+    pub fn hold(&self, fragment: &str) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.state
+            .held
+            .lock()
+            .unwrap()
+            .push((fragment.to_owned(), gate.clone()));
+        gate
+    }
+
     /// How every token this upstream issues starts (unique to this upstream).
     pub fn token_prefix(&self) -> String {
         self.state.token_prefix.lock().unwrap().clone()
@@ -246,6 +261,17 @@ async fn answer(state: &Arc<Upstream>, request: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     });
+    let gate = state
+        .held
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(fragment, _)| method == Method::GET && path.contains(fragment.as_str()))
+        .map(|(_, gate)| gate.clone());
+    if let Some(gate) = gate {
+        // Closed means released.
+        let _ = gate.acquire().await;
+    }
     if state.faults.down.load(Ordering::SeqCst) {
         return oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     }

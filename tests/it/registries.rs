@@ -1262,7 +1262,7 @@ async fn registry_passwords_from_the_environment_never_reach_the_log() {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: debug\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\nregistries:\n  ghcr.io:\n    remoteurl: {}\n",
+            "version: 0.1\nlog:\n  level: debug\n  formatter: json\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: {}\nregistries:\n  ghcr.io:\n    remoteurl: {}\n",
             dir.path().join("storage").display(),
             fleet.hub.url,
             fleet.ghcr.url,
@@ -1288,6 +1288,37 @@ async fn registry_passwords_from_the_environment_never_reach_the_log() {
         fleet.ghcr.token_requests()[0].authorization.as_deref(),
         Some(basic("ghcr-env-user", "ghcr-env-s3cret-in-log?").as_str())
     );
+    // The request line names the registry.
+    let response = http
+        .get(format!(
+            "{}/v2/owner/app/manifests/1.0?ns=ghcr.io",
+            cistern.url
+        ))
+        .header("accept", DOCKER_ACCEPT)
+        .header("x-request-id", "ghcr-pull-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let fields = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = cistern.log_lines().iter().find_map(|line| {
+                let json: Value = serde_json::from_str(line).ok()?;
+                (json["fields"]["request_id"] == "ghcr-pull-1").then(|| json["fields"].clone())
+            });
+            if let Some(fields) = found {
+                break fields;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no request line:\n{}",
+                cistern.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(fields["registry"], "ghcr.io", "{fields}");
     cistern.terminate();
     assert!(cistern.exit_status(Duration::from_secs(20)).await.success());
     let log = cistern.log_text();

@@ -1881,3 +1881,44 @@ async fn a_fetch_failing_for_one_registry_does_not_fail_another_that_holds_the_b
     .await;
     assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
 }
+
+#[tokio::test]
+async fn a_registry_removed_from_the_config_is_no_longer_served_or_listed() {
+    let fleet = Fleet::start().await;
+    add_small_image(
+        &fleet.hub,
+        "library/alpine",
+        Some("3.20"),
+        OCI_MANIFEST,
+        "alpine",
+    );
+    add_small_image(&fleet.ghcr, "owner/app", Some("1.0"), OCI_MANIFEST, "ghcr");
+    let storage = tempfile::tempdir().unwrap();
+    let before = fleet.setup().storage_dir(storage.path()).start().await;
+    before.pull("alpine", "3.20").await;
+    before.pull("ghcr.io/owner/app", "1.0").await;
+    drop(before);
+
+    // ghcr.io is taken out of the configuration: what was cached for it stays in storage but
+    // is neither listed nor served (closed world), and nothing is asked upstream.
+    let after = MirrorSetup::new(&fleet.hub.url)
+        .storage_dir(storage.path())
+        .start()
+        .await;
+    let requests = fleet.requests();
+    for path in [
+        "/v2/ghcr.io/owner/app/manifests/1.0",
+        "/v2/owner/app/manifests/1.0?ns=ghcr.io",
+    ] {
+        let (status, code, message) = error_of(after.get_manifest_path(path).await).await;
+        assert_eq!((status, code.as_str()), (404, "NAME_UNKNOWN"), "{path}");
+        assert!(message.contains("not mirrored"), "{message}");
+    }
+    assert_eq!(fleet.requests(), requests);
+    let catalog: Value = after.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(
+        catalog["repositories"],
+        json!(["library/alpine"]),
+        "a repository that cannot be pulled is not listed"
+    );
+}

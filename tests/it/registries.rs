@@ -1922,3 +1922,52 @@ async fn a_registry_removed_from_the_config_is_no_longer_served_or_listed() {
         "a repository that cannot be pulled is not listed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_tags_of_the_same_name_on_two_registries_are_not_shared() {
+    let fleet = Fleet::start().await;
+    let hub_app = add_small_image(&fleet.hub, "owner/app", Some("1.0"), OCI_MANIFEST, "hub");
+    let ghcr_app = add_small_image(&fleet.ghcr, "owner/app", Some("1.0"), OCI_MANIFEST, "ghcr");
+    // The hub's answer for the tag is held while ghcr is asked for the same name and tag.
+    let gate = fleet.hub.hold("/manifests/1.0");
+    let mirror = fleet.setup().start().await;
+    let get = |path: &str| {
+        let (http, url, path) = (mirror.http.clone(), mirror.url.clone(), path.to_owned());
+        tokio::spawn(async move {
+            let response = http
+                .get(format!("{url}{path}"))
+                .header("accept", DOCKER_ACCEPT)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            header(&response, "docker-content-digest")
+        })
+    };
+    let from_hub = get("/v2/owner/app/manifests/1.0");
+    wait_for("the hub is asked for the tag", || {
+        fleet.hub.count(Method::GET, "/manifests/1.0") == 1
+    })
+    .await;
+    let from_ghcr = get("/v2/owner/app/manifests/1.0?ns=ghcr.io");
+    wait_for(
+        "ghcr is asked for its own tag while the hub's is in flight",
+        || fleet.ghcr.count(Method::GET, "/manifests/1.0") == 1,
+    )
+    .await;
+    gate.close();
+    assert_eq!(from_ghcr.await.unwrap(), ghcr_app.digest);
+    assert_eq!(from_hub.await.unwrap(), hub_app.digest);
+    // Each cached its own: warm answers are still apart.
+    for (path, digest) in [
+        ("/v2/owner/app/manifests/1.0", &hub_app.digest),
+        ("/v2/ghcr.io/owner/app/manifests/1.0", &ghcr_app.digest),
+    ] {
+        let response = mirror.get_manifest_path(path).await;
+        assert_eq!(
+            header(&response, "docker-content-digest"),
+            *digest,
+            "{path}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ use url::Url;
 
 use super::access::RawRepositories;
 use super::{bad, duration, scalar, ConfigError};
+use crate::registry::{RegistryId, RepoName};
 
 /// Docker Hub's registry endpoint, the upstream when the config names none.
 pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
@@ -31,6 +32,9 @@ pub const DEFAULT_CONTENT_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub remote_url: Url,
+    /// Put before every repository name upstream (`k8s-artifacts-prod/images/`), with its
+    /// trailing `/`; empty for none.
+    pub repository_prefix: String,
     pub credentials: Option<Credentials>,
     /// How long cached content is kept; zero keeps it for ever.
     pub content_ttl: Duration,
@@ -57,6 +61,7 @@ pub struct Credentials {
 #[serde(default)]
 pub(super) struct RawProxy {
     remoteurl: Option<String>,
+    repositoryprefix: Option<String>,
     username: Option<String>,
     password: Option<String>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
@@ -101,6 +106,22 @@ impl RawProxy {
                 format!("{remote:?} must be an http:// or https:// URL with a host"),
             ));
         }
+        let repository_prefix = match self
+            .repositoryprefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+        {
+            None | Some("") => String::new(),
+            Some(prefix) => {
+                RepoName::parse_in(&RegistryId::Host("upstream".into()), prefix).map_err(|e| {
+                    bad(
+                        &key("repositoryprefix"),
+                        format!("{prefix:?} is not a repository path: {e}"),
+                    )
+                })?;
+                format!("{prefix}/")
+            }
+        };
         // An empty value counts as unset, so `REGISTRY_PROXY_USERNAME=` (as docker compose
         // passes an unset variable) means anonymous.
         let username = self.username.filter(|u| !u.is_empty());
@@ -152,6 +173,7 @@ impl RawProxy {
         }
         Ok(ProxyConfig {
             remote_url,
+            repository_prefix,
             credentials,
             content_ttl,
             tag_ttl: self
@@ -175,9 +197,57 @@ impl RawProxy {
         })
     }
 
+    /// Takes the keys `other` (the section at key `other_section`) sets and this one does not:
+    /// Docker Hub listed under `registries:` is the default upstream, configured in two places.
+    /// A key both set to different values is an error naming both.
+    pub(super) fn absorb(
+        &mut self,
+        other: RawProxy,
+        other_section: &str,
+    ) -> Result<(), ConfigError> {
+        macro_rules! absorb_keys {
+            ($($key:ident),*) => {$(
+                match (&self.$key, other.$key) {
+                    (_, None) => {}
+                    (None, Some(value)) => self.$key = Some(value),
+                    (Some(mine), Some(theirs)) if *mine == theirs => {}
+                    (Some(_), Some(_)) => {
+                        return Err(bad(
+                            &format!("{other_section}.{}", stringify!($key)),
+                            format!(
+                                "proxy.{} is set to another value; Docker Hub is the default upstream, so set it in one place",
+                                stringify!($key)
+                            ),
+                        ))
+                    }
+                }
+            )*};
+        }
+        absorb_keys!(
+            remoteurl,
+            repositoryprefix,
+            username,
+            password,
+            ttl,
+            tagttl,
+            notfoundttl,
+            maxfetches,
+            fillminrate,
+            fillratewindow
+        );
+        if !other.repositories.is_empty() {
+            return Err(bad(
+                &format!("{other_section}.repositories"),
+                "Docker Hub's repositories are restricted with access.repositories",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the section sets nothing (`docker.io: {}`).
     pub(super) fn is_empty(&self) -> bool {
         self.remoteurl.is_none()
+            && self.repositoryprefix.is_none()
             && self.username.is_none()
             && self.password.is_none()
             && self.ttl.is_none()

@@ -20,6 +20,7 @@ mod operations;
 mod pull;
 mod real_clients;
 mod registries;
+mod repository_prefix;
 mod s3_replicas;
 mod shared_tasks;
 mod single_flight;

@@ -1971,3 +1971,49 @@ async fn concurrent_cold_tags_of_the_same_name_on_two_registries_are_not_shared(
         );
     }
 }
+
+#[tokio::test]
+async fn docker_hub_listed_under_registries_configures_the_default_upstream() {
+    let fleet = Fleet::start().await;
+    fleet.hub.set_private_prefix(Some("owner/"));
+    let hub_app = add_small_image(&fleet.hub, "owner/app", Some("1.0"), OCI_MANIFEST, "hub");
+    let mirror = MirrorSetup::new(&fleet.hub.url)
+        .anonymous()
+        .registry_section(
+            "docker.io",
+            &[
+                &format!("username: {USER}"),
+                &format!("password: {PASSWORD}"),
+            ],
+        )
+        .start()
+        .await;
+    for pulled in [
+        mirror.pull("owner/app", "1.0").await,
+        mirror.pull("docker.io/owner/app", "1.0").await,
+    ] {
+        assert_eq!(digests(&pulled), pulled_digests(&hub_app));
+    }
+    let token_requests = fleet.hub.token_requests();
+    assert_eq!(token_requests.len(), 1, "{token_requests:?}");
+    assert_eq!(
+        token_requests[0].authorization.as_deref(),
+        Some(basic(USER, PASSWORD).as_str())
+    );
+
+    // The same key set differently in both places is refused, naming both, showing neither.
+    let error = cistern::config::Config::from_yaml(
+        "proxy: {remoteurl: 'https://registry-1.docker.io', username: u, password: first-secret}\nregistries: {docker.io: {username: u, password: second-secret}}\n",
+        Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("registries.docker.io.password") && error.contains("proxy.password"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("first-secret") && !error.contains("second-secret"),
+        "{error}"
+    );
+}

@@ -80,6 +80,15 @@ impl<'a> MirrorSetup<'a> {
         self
     }
 
+    /// A `registries:` entry with exactly these lines (no `remoteurl` added).
+    pub fn registry_section(mut self, host: &str, lines: &[&str]) -> Self {
+        self.registries.push((
+            host.to_owned(),
+            lines.iter().map(|l| (*l).to_owned()).collect(),
+        ));
+        self
+    }
+
     /// A `REGISTRY_*` environment override.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));

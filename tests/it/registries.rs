@@ -1864,8 +1864,10 @@ async fn a_fetch_failing_for_one_registry_does_not_fail_another_that_holds_the_b
         fleet.quay.seen()
     );
     assert_eq!(
-        status, 200,
-        "ghcr holds the layer; quay's 404 is not ghcr's answer\n{trace}"
+        status,
+        200,
+        "ghcr holds the layer; quay's 404 is not ghcr's answer: {}\n{trace}",
+        String::from_utf8_lossy(&bytes)
     );
     assert!(bytes == layer, "ghcr's bytes");
     // And afterwards, ghcr's name serves it, quay's does not.

@@ -2019,3 +2019,53 @@ async fn docker_hub_listed_under_registries_configures_the_default_upstream() {
         "{error}"
     );
 }
+
+/// Every page of a tag list from `path` on, following `Link` headers.
+async fn tag_pages(mirror: &Mirror, path: &str) -> Vec<Value> {
+    let mut path = path.to_owned();
+    let mut pages = Vec::new();
+    loop {
+        let response = mirror.get(&path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let link = response
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = response.json().await.unwrap();
+        pages.push(body["tags"].clone());
+        let Some(link) = link else { return pages };
+        path = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(pages.len() < 10, "{pages:?}");
+    }
+}
+
+#[tokio::test]
+async fn tag_list_pages_stay_on_their_registry() {
+    let fleet = Fleet::start().await;
+    for tag in ["hub-a", "hub-b", "hub-c"] {
+        add_small_image(&fleet.hub, "owner/app", Some(tag), OCI_MANIFEST, tag);
+    }
+    for tag in ["1.0", "2.0", "3.0"] {
+        add_small_image(&fleet.ghcr, "owner/app", Some(tag), OCI_MANIFEST, tag);
+    }
+    let mirror = fleet.setup().start().await;
+    let ghcr_pages = vec![json!(["1.0"]), json!(["2.0"]), json!(["3.0"])];
+    // skopeo list-tags through a path mirror, and a client using ns, both follow the Link.
+    assert_eq!(
+        tag_pages(&mirror, "/v2/ghcr.io/owner/app/tags/list?n=1").await,
+        ghcr_pages
+    );
+    assert_eq!(
+        tag_pages(&mirror, "/v2/owner/app/tags/list?ns=ghcr.io&n=1").await,
+        ghcr_pages
+    );
+    assert_eq!(
+        tag_pages(&mirror, "/v2/owner/app/tags/list?n=2").await,
+        vec![json!(["hub-a", "hub-b"]), json!(["hub-c"])]
+    );
+}

@@ -1743,9 +1743,17 @@ async fn a_registry_that_fails_serves_its_cached_tags_and_the_others_carry_on() 
         OCI_MANIFEST,
         "ghcr-2",
     );
+    add_small_image(
+        &fleet.hub,
+        "owner/app",
+        Some("hub-only"),
+        OCI_MANIFEST,
+        "hub-2",
+    );
     let mirror = fleet.setup().tag_ttl("0").start().await;
     let cold = mirror.pull("ghcr.io/owner/app", "1.0").await;
     mirror.pull("owner/app", "1.0").await;
+    mirror.pull("owner/app", "hub-only").await;
 
     fleet.ghcr.set_down(true);
     let warm = mirror.pull("ghcr.io/owner/app", "1.0").await;
@@ -1760,6 +1768,13 @@ async fn a_registry_that_fails_serves_its_cached_tags_and_the_others_carry_on() 
     .await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"));
     assert!(message.contains(&fleet.ghcr.url), "{message}");
+    // Its tag list falls back to the tags cached for ghcr, not the hub's.
+    for path in [
+        "/v2/ghcr.io/owner/app/tags/list",
+        "/v2/owner/app/tags/list?ns=ghcr.io",
+    ] {
+        assert_eq!(tags_of(&mirror, path).await, json!(["1.0"]), "{path}");
+    }
     // The hub still revalidates and answers.
     let heads = fleet.hub.count(Method::HEAD, "/manifests/1.0");
     let pulled = mirror.pull("owner/app", "1.0").await;
@@ -2068,4 +2083,51 @@ async fn tag_list_pages_stay_on_their_registry() {
         tag_pages(&mirror, "/v2/owner/app/tags/list?n=2").await,
         vec![json!(["hub-a", "hub-b"]), json!(["hub-c"])]
     );
+}
+
+#[tokio::test]
+async fn a_digest_one_registry_lacks_is_still_fetched_from_another() {
+    let fleet = Fleet::start().await;
+    let ghcr_app = add_small_image(&fleet.ghcr, "owner/app", Some("1.0"), OCI_MANIFEST, "ghcr");
+    add_small_image(&fleet.quay, "owner/app", Some("1.0"), OCI_MANIFEST, "quay");
+    let mirror = fleet.setup().start().await;
+    // By digest, cold: quay (and the hub) say 404 first and that is remembered for them.
+    for path in [
+        format!("/v2/quay.io/owner/app/manifests/{}", ghcr_app.digest),
+        format!("/v2/owner/app/manifests/{}", ghcr_app.digest),
+        format!("/v2/quay.io/owner/app/blobs/{}", ghcr_app.blobs[1]),
+    ] {
+        assert_eq!(
+            mirror.get_manifest_path(&path).await.status(),
+            404,
+            "{path}"
+        );
+    }
+    let response = mirror
+        .get_manifest_path(&format!(
+            "/v2/owner/app/manifests/{}?ns=ghcr.io",
+            ghcr_app.digest
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.bytes().await.unwrap(),
+        upstream_manifest(&fleet.ghcr, "owner/app", &ghcr_app.digest)
+    );
+    let response = mirror
+        .get(&format!(
+            "/v2/ghcr.io/owner/app/blobs/{}",
+            ghcr_app.blobs[1]
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(sha256(&response.bytes().await.unwrap()), ghcr_app.blobs[1]);
+    // And quay's 404 for it stands.
+    let response = mirror
+        .get_manifest_path(&format!(
+            "/v2/quay.io/owner/app/manifests/{}",
+            ghcr_app.digest
+        ))
+        .await;
+    assert_eq!(response.status(), 404);
 }

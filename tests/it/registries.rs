@@ -1418,9 +1418,9 @@ async fn write_pre_registries_fixture() {
     cistern.terminate();
     assert!(cistern.exit_status(Duration::from_secs(20)).await.success());
 
+    // The storage and expected.json are replaced; the README stays.
     let fixture = fixture_dir();
-    let _ = std::fs::remove_dir_all(&fixture);
-    std::fs::create_dir_all(&fixture).unwrap();
+    let _ = std::fs::remove_dir_all(fixture.join("storage"));
     for part in ["blobs", "repositories"] {
         copy_dir(&storage.join(part), &fixture.join("storage").join(part));
     }

@@ -1,6 +1,8 @@
-//! Which registry a request names (`?ns=`, a path prefix) and the closed world: a registry this
-//! mirror does not serve is refused before anything is asked upstream, so a node whose
-//! containerd sends every registry here never gets another registry's image under its name.
+//! Which registry a request names (`?ns=`, a path prefix) with only the default upstream
+//! configured (a registry:2 config), and the closed world: a registry this mirror does not
+//! serve is refused before anything is asked upstream, so a node whose containerd sends every
+//! registry here never gets another registry's image under its name. Several registries
+//! (`registries:`) are tested in `registries`.
 
 use http::Method;
 

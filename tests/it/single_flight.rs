@@ -223,3 +223,46 @@ async fn upstream_fetches_are_bounded_by_maxfetches() {
     assert_eq!(proxy.max_concurrent_blob_fetches(), 2);
     assert_eq!(up.count(Method::GET, "/blobs/"), 5);
 }
+
+/// A fill started for a repository that does not hold the blob ends in 404; a request for a
+/// repository that does hold it, joining that fill meanwhile, must not get that 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_fails_for_one_repository_does_not_fail_another_that_holds_the_blob() {
+    let up = FakeUpstream::start().await;
+    let layer = content("held-layer", 64 * 1024 + 3);
+    let digest = up.add_blob("owner/has-it", &layer);
+    up.add_blob("owner/lacks-it", b"something else");
+    let gate = up.hold(&format!("/v2/owner/lacks-it/blobs/{digest}"));
+    let mirror = MirrorSetup::new(&up.url).start().await;
+    let get = |path: String| {
+        let (http, url) = (mirror.http.clone(), mirror.url.clone());
+        tokio::spawn(async move {
+            let response = http.get(format!("{url}{path}")).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap())
+        })
+    };
+    let lacking = get(format!("/v2/owner/lacks-it/blobs/{digest}"));
+    until("the lacking repository's fetch is in flight", || {
+        up.count(Method::GET, &format!("/v2/owner/lacks-it/blobs/{digest}")) == 1
+    })
+    .await;
+    let holding = get(format!("/v2/owner/has-it/blobs/{digest}"));
+    until("upstream is asked for the holding repository", || {
+        up.count(Method::HEAD, &format!("/v2/owner/has-it/blobs/{digest}"))
+            + up.count(Method::GET, &format!("/v2/owner/has-it/blobs/{digest}"))
+            >= 1
+    })
+    .await;
+    gate.close();
+    assert_eq!(lacking.await.unwrap().0, 404);
+    let (status, bytes) = holding.await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "owner/has-it holds the blob: {}\n{:?}",
+        String::from_utf8_lossy(&bytes),
+        up.seen()
+    );
+    assert!(bytes == layer);
+}

@@ -21,7 +21,14 @@ pub struct Binary {
 impl Binary {
     /// Starts the binary on `config` and waits for it to say where it serves (text or JSON log).
     pub async fn start(config: &Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cistern"))
+        Self::start_program(Path::new(env!("CARGO_BIN_EXE_cistern")), config, &[]).await
+    }
+
+    /// Starts `program` (e.g. an older cistern build) on `config` with these more environment
+    /// variables.
+    pub async fn start_program(program: &Path, config: &Path, env: &[(&str, &str)]) -> Binary {
+        let mut child = Command::new(program)
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(config)
             .stdout(Stdio::piped())

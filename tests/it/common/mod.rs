@@ -49,6 +49,11 @@ pub struct MirrorSetup<'a> {
     pub storage_yaml: Option<String>,
     /// More top-level sections (`http:`, `health:`, `auth:`...), appended to the file.
     pub extra_yaml: Vec<String>,
+    /// `registries:` entries: the host clients name, and its section's lines (`key: value`,
+    /// nested keys indented by two more spaces), in order.
+    pub registries: Vec<(String, Vec<String>)>,
+    /// `REGISTRY_*` environment overrides, as the binary would read them.
+    pub env: Vec<(String, String)>,
 }
 
 impl<'a> MirrorSetup<'a> {
@@ -61,7 +66,70 @@ impl<'a> MirrorSetup<'a> {
             proxy_options: Vec::new(),
             storage_yaml: None,
             extra_yaml: Vec::new(),
+            registries: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Mirrors `host` (as clients name it) from `remote`: a `registries:` entry with
+    /// `remoteurl` and these more `key: value` lines.
+    pub fn registry(mut self, host: &str, remote: &str, lines: &[&str]) -> Self {
+        let mut section = vec![format!("remoteurl: {remote}")];
+        section.extend(lines.iter().map(|l| (*l).to_owned()));
+        self.registries.push((host.to_owned(), section));
+        self
+    }
+
+    /// A `registries:` entry with exactly these lines (no `remoteurl` added).
+    pub fn registry_section(mut self, host: &str, lines: &[&str]) -> Self {
+        self.registries.push((
+            host.to_owned(),
+            lines.iter().map(|l| (*l).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// A `REGISTRY_*` environment override.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The configuration file this setup writes (with `storage` as the default root).
+    pub fn yaml(&self, storage_root: &Path) -> String {
+        let credentials = if self.credentials {
+            format!("  username: {USER}\n  password: {PASSWORD}\n")
+        } else {
+            String::new()
+        };
+        let options: String = self
+            .proxy_options
+            .iter()
+            .map(|line| format!("  {line}\n"))
+            .collect();
+        let storage = self.storage_yaml.clone().unwrap_or_else(|| {
+            format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\n",
+                storage_root.display()
+            )
+        });
+        let mut registries = String::new();
+        if !self.registries.is_empty() {
+            registries.push_str("registries:\n");
+            for (host, lines) in &self.registries {
+                registries.push_str(&format!("  {host}:\n"));
+                for line in lines {
+                    registries.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
+        let extra: String = self.extra_yaml.concat();
+        format!(
+            "version: 0.1\n{storage}proxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}{options}{registries}{extra}",
+            self.remote,
+            self.tag_ttl,
+            self.content_ttl
+        )
     }
 
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
@@ -104,31 +172,9 @@ impl<'a> MirrorSetup<'a> {
 
     pub async fn start(self) -> Mirror {
         let dir = tempfile::tempdir().unwrap();
-        let credentials = if self.credentials {
-            format!("  username: {USER}\n  password: {PASSWORD}\n")
-        } else {
-            String::new()
-        };
-        let options: String = self
-            .proxy_options
-            .iter()
-            .map(|line| format!("  {line}\n"))
-            .collect();
-        let storage = self.storage_yaml.clone().unwrap_or_else(|| {
-            format!(
-                "storage:\n  filesystem:\n    rootdirectory: {}\n",
-                dir.path().display()
-            )
-        });
-        let extra: String = self.extra_yaml.concat();
-        let yaml = format!(
-            "version: 0.1\n{storage}proxy:\n  remoteurl: {}\n  tagttl: {}\n  ttl: {}\n{credentials}{options}{extra}",
-            self.remote,
-            self.tag_ttl,
-            self.content_ttl
-        );
-        let config = cistern::config::Config::from_yaml(&yaml, Vec::new())
-            .unwrap()
+        let yaml = self.yaml(dir.path());
+        let config = cistern::config::Config::from_yaml(&yaml, self.env.clone())
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
             .config;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let debug = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -195,53 +241,34 @@ impl Mirror {
     }
 
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> reqwest::Response {
+        get_manifest(&self.http, &self.url, repo, reference, "").await
+    }
+
+    /// A request for `path` (a whole `/v2/...` path with any query) with dockerd's Accept list.
+    pub async fn manifest_request(&self, method: http::Method, path: &str) -> reqwest::Response {
         self.http
-            .get(format!("{}/v2/{repo}/manifests/{reference}", self.url))
+            .request(method, format!("{}{path}", self.url))
             .header("accept", DOCKER_ACCEPT)
             .send()
             .await
             .unwrap()
     }
 
+    /// A GET of `path` (a whole `/v2/...` path with any query) with dockerd's Accept list.
+    pub async fn get_manifest_path(&self, path: &str) -> reqwest::Response {
+        self.manifest_request(http::Method::GET, path).await
+    }
+
     /// Pulls an image the way dockerd does: the tag, then every manifest and blob it names.
     /// Checks every digest and returns all the bytes it received.
     pub async fn pull(&self, repo: &str, tag: &str) -> Vec<(String, Bytes)> {
-        let mut received = Vec::new();
-        let top = self.get_manifest(repo, tag).await;
-        assert_eq!(top.status(), 200, "manifest {repo}:{tag}");
-        let digest = header(&top, "docker-content-digest");
-        let bytes = top.bytes().await.unwrap();
-        assert_eq!(sha256(&bytes), digest, "tag manifest digest");
-        let document: Value = serde_json::from_slice(&bytes).unwrap();
-        received.push((digest, bytes));
-        let mut manifests = Vec::new();
-        if let Some(list) = document["manifests"].as_array() {
-            for entry in list {
-                let digest = entry["digest"].as_str().unwrap();
-                let response = self.get_manifest(repo, digest).await;
-                assert_eq!(response.status(), 200, "manifest {digest}");
-                let bytes = response.bytes().await.unwrap();
-                assert_eq!(sha256(&bytes), digest);
-                manifests.push(serde_json::from_slice::<Value>(&bytes).unwrap());
-                received.push((digest.to_owned(), bytes));
-            }
-        } else {
-            manifests.push(document);
-        }
-        for manifest in manifests {
-            let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
-            for layer in manifest["layers"].as_array().unwrap() {
-                blobs.push(layer["digest"].as_str().unwrap().to_owned());
-            }
-            for digest in blobs {
-                let response = self.get(&format!("/v2/{repo}/blobs/{digest}")).await;
-                assert_eq!(response.status(), 200, "blob {digest}");
-                let bytes = response.bytes().await.unwrap();
-                assert_eq!(sha256(&bytes), digest, "blob bytes");
-                received.push((digest, bytes));
-            }
-        }
-        received
+        pull(&self.http, &self.url, repo, tag, "").await
+    }
+
+    /// `pull` as containerd does it through a `_default` mirror: `?ns=<registry>` on every
+    /// request.
+    pub async fn pull_ns(&self, ns: &str, repo: &str, tag: &str) -> Vec<(String, Bytes)> {
+        pull(&self.http, &self.url, repo, tag, &format!("?ns={ns}")).await
     }
 
     /// The Prometheus text from the debug listener.
@@ -288,6 +315,73 @@ impl Mirror {
     }
 }
 
+/// A manifest GET with dockerd's Accept list; `query` is appended (`""` or `?ns=...`).
+pub async fn get_manifest(
+    http: &reqwest::Client,
+    url: &str,
+    repo: &str,
+    reference: &str,
+    query: &str,
+) -> reqwest::Response {
+    http.get(format!("{url}/v2/{repo}/manifests/{reference}{query}"))
+        .header("accept", DOCKER_ACCEPT)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Pulls `repo:tag` from the registry API at `url` the way dockerd does (the tag, then every
+/// manifest and blob it names), appending `query` to every request. Checks every digest and
+/// returns all the bytes it received.
+pub async fn pull(
+    http: &reqwest::Client,
+    url: &str,
+    repo: &str,
+    tag: &str,
+    query: &str,
+) -> Vec<(String, Bytes)> {
+    let mut received = Vec::new();
+    let top = get_manifest(http, url, repo, tag, query).await;
+    assert_eq!(top.status(), 200, "manifest {repo}:{tag}{query}");
+    let digest = header(&top, "docker-content-digest");
+    let bytes = top.bytes().await.unwrap();
+    assert_eq!(sha256(&bytes), digest, "tag manifest digest");
+    let document: Value = serde_json::from_slice(&bytes).unwrap();
+    received.push((digest, bytes));
+    let mut manifests = Vec::new();
+    if let Some(list) = document["manifests"].as_array() {
+        for entry in list {
+            let digest = entry["digest"].as_str().unwrap();
+            let response = get_manifest(http, url, repo, digest, query).await;
+            assert_eq!(response.status(), 200, "manifest {digest}");
+            let bytes = response.bytes().await.unwrap();
+            assert_eq!(sha256(&bytes), digest);
+            manifests.push(serde_json::from_slice::<Value>(&bytes).unwrap());
+            received.push((digest.to_owned(), bytes));
+        }
+    } else {
+        manifests.push(document);
+    }
+    for manifest in manifests {
+        let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+        for layer in manifest["layers"].as_array().unwrap() {
+            blobs.push(layer["digest"].as_str().unwrap().to_owned());
+        }
+        for digest in blobs {
+            let response = http
+                .get(format!("{url}/v2/{repo}/blobs/{digest}{query}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "blob {digest}");
+            let bytes = response.bytes().await.unwrap();
+            assert_eq!(sha256(&bytes), digest, "blob bytes");
+            received.push((digest, bytes));
+        }
+    }
+    received
+}
+
 /// Why cistern refuses to start on this (loadable) configuration.
 pub async fn start_error(yaml: &str) -> String {
     let config = cistern::config::Config::from_yaml(yaml, Vec::new())
@@ -311,6 +405,29 @@ impl Metrics {
             .lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
             .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// The sum of every sample of metric `name` whose labels include all of `labels`, in
+    /// whatever order they are rendered (e.g. `("registry", "ghcr.io")`).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+                if metric != name {
+                    return None;
+                }
+                let rendered = rest.strip_suffix('}')?;
+                let matches = labels.iter().all(|(key, value)| {
+                    rendered
+                        .split(',')
+                        .any(|pair| pair == format!("{key}=\"{value}\""))
+                });
+                matches.then(|| value.trim().parse::<f64>().unwrap())
+            })
+            .sum()
     }
 }
 

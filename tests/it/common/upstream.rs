@@ -72,6 +72,14 @@ pub struct Upstream {
     pub token_lifetime_secs: AtomicU64,
     cdn_port: AtomicU64,
     realm: Mutex<String>,
+    /// The Basic credentials the token service accepts (`USER`/`PASSWORD` unless set).
+    credentials: Mutex<(String, String)>,
+    /// GETs whose path contains one of these fragments wait until its gate is closed
+    /// (`FakeUpstream::hold`).
+    held: Mutex<Vec<(String, Arc<tokio::sync::Semaphore>)>>,
+    /// Makes this upstream's tokens unlike any other's (its port), so a token of one fake
+    /// registry presented to another is refused.
+    token_prefix: Mutex<String>,
 }
 
 pub struct FakeUpstream {
@@ -91,10 +99,13 @@ impl FakeUpstream {
         let state = Arc::new(Upstream::default());
         state.token_lifetime_secs.store(300, Ordering::SeqCst);
         *state.private_prefix.lock().unwrap() = Some("private/".to_owned());
+        *state.credentials.lock().unwrap() = (USER.to_owned(), PASSWORD.to_owned());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let cdn = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         *state.realm.lock().unwrap() = format!("{url}/token");
+        *state.token_prefix.lock().unwrap() =
+            format!("fake-token-{}-", listener.local_addr().unwrap().port());
         state
             .cdn_port
             .store(cdn.local_addr().unwrap().port() as u64, Ordering::SeqCst);
@@ -159,6 +170,41 @@ impl FakeUpstream {
             .count()
     }
 
+    /// The Basic credentials this upstream's token service accepts from now on.
+    pub fn set_credentials(&self, user: &str, password: &str) {
+        *self.state.credentials.lock().unwrap() = (user.to_owned(), password.to_owned());
+    }
+
+    /// Repositories whose tokens need Basic credentials: names starting with `prefix`.
+    pub fn set_private_prefix(&self, prefix: Option<&str>) {
+        *self.state.private_prefix.lock().unwrap() = prefix.map(str::to_owned);
+    }
+
+    /// Holds every GET whose path contains `fragment` (after recording it) until the returned
+    /// gate is closed (`gate.close()`), so a test can keep a fetch in flight.
+    pub fn hold(&self, fragment: &str) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.state
+            .held
+            .lock()
+            .unwrap()
+            .push((fragment.to_owned(), gate.clone()));
+        gate
+    }
+
+    /// How every token this upstream issues starts (unique to this upstream).
+    pub fn token_prefix(&self) -> String {
+        self.state.token_prefix.lock().unwrap().clone()
+    }
+
+    /// The requests its token service received.
+    pub fn token_requests(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/token"))
+            .collect()
+    }
+
     pub fn tokens_issued(&self) -> u64 {
         self.state.tokens_issued.load(Ordering::SeqCst)
     }
@@ -215,6 +261,17 @@ async fn answer(state: &Arc<Upstream>, request: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     });
+    let gate = state
+        .held
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(fragment, _)| method == Method::GET && path.contains(fragment.as_str()))
+        .map(|(_, gate)| gate.clone());
+    if let Some(gate) = gate {
+        // Closed means released.
+        let _ = gate.acquire().await;
+    }
     if state.faults.down.load(Ordering::SeqCst) {
         return oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     }
@@ -475,7 +532,8 @@ fn token(state: &Upstream, query: &str, headers: &HeaderMap) -> Response {
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
         .map(|v| String::from_utf8_lossy(&v).into_owned());
     if let Some(pair) = &basic {
-        if pair != &format!("{USER}:{PASSWORD}")
+        let (user, password) = state.credentials.lock().unwrap().clone();
+        if pair != &format!("{user}:{password}")
             || state.faults.refuse_credentials.load(Ordering::SeqCst)
         {
             return oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
@@ -490,7 +548,7 @@ fn token(state: &Upstream, query: &str, headers: &HeaderMap) -> Response {
         return oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     }
     let n = state.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
-    let token = format!("fake-token-{n}");
+    let token = format!("{}{n}", state.token_prefix.lock().unwrap());
     state.tokens.lock().unwrap().insert(token.clone(), scope);
     let lifetime = state.token_lifetime_secs.load(Ordering::SeqCst);
     let body = serde_json::json!({ "token": token, "expires_in": lifetime });

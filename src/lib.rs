@@ -1,4 +1,5 @@
-//! cistern: a pull-through caching mirror for Docker Hub.
+//! cistern: a pull-through caching mirror for Docker Hub and the other registries a fleet
+//! pulls from.
 
 pub mod access;
 pub mod api;
@@ -17,9 +18,10 @@ use std::sync::Arc;
 
 use axum::Router;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CachedRegistries, CachedRegistry};
 use crate::config::Config;
 use crate::health::Health;
+use crate::registry::RegistryId;
 use crate::server::Listeners;
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
@@ -63,11 +65,11 @@ pub struct App {
 /// The whole application for `config`: storage, upstream client, routers, and the background
 /// expiry sweep and storage health check (so it must be called within a Tokio runtime).
 pub async fn app(config: &Config) -> Result<App, StartError> {
-    let access = Arc::new(access::Access::new(&config.access)?);
+    let access = Arc::new(access::Access::new(&config.access, &config.registries)?);
     let metrics = Metrics::new();
     let storage = Storage::open(&config.storage).await?;
-    let upstream = Upstream::new(&config.proxy, metrics.clone())?;
-    let cache = Cache::new(storage.clone(), upstream, &config.proxy, metrics.clone());
+    let registries = cached_registries(config, &storage, &metrics)?;
+    let cache = Cache::new(storage.clone(), registries, metrics.clone());
     cache::spawn_expiry(storage.clone(), config.proxy.content_ttl);
     let health = Health::spawn(
         storage,
@@ -88,8 +90,9 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let state = api::AppState {
         cache,
         access,
-        registries: Arc::new(registry::MirroredRegistries::for_default_upstream(
+        registries: Arc::new(registry::MirroredRegistries::new(
             &config.proxy.remote_url,
+            config.registries.iter().map(|r| r.host.clone()),
         )),
         extra_headers: Arc::new(config.http.headers.clone()),
     };
@@ -98,6 +101,24 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         debug,
         health,
     })
+}
+
+/// One upstream client per registry: the default upstream and each of `registries:`.
+fn cached_registries(
+    config: &Config,
+    storage: &Storage,
+    metrics: &Metrics,
+) -> Result<CachedRegistries, StartError> {
+    let cached = |id: RegistryId, proxy: &config::ProxyConfig| {
+        let upstream = Upstream::new(id, proxy, metrics.clone())?;
+        Ok::<_, StartError>(CachedRegistry::new(upstream, proxy, storage, metrics))
+    };
+    let mut registries = CachedRegistries::new(cached(RegistryId::Default, &config.proxy)?);
+    for registry in &config.registries {
+        let id = RegistryId::Host(registry.host.as_str().into());
+        registries = registries.with(&registry.host, cached(id, &registry.upstream)?);
+    }
+    Ok(registries)
 }
 
 /// Serves `config` on `listeners` until `shutdown` completes, then drains for at most
@@ -128,6 +149,15 @@ pub async fn serve(
         credentials = config.proxy.credentials.is_some(),
         "cistern serving"
     );
+    for registry in &config.registries {
+        tracing::info!(
+            registry = %registry.host,
+            upstream = %registry.upstream.remote_url,
+            tag_ttl = ?registry.upstream.tag_ttl,
+            credentials = registry.upstream.credentials.is_some(),
+            "mirroring registry"
+        );
+    }
     let health = app.health.clone();
     server::run(
         listeners,

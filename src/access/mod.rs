@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::{AccessConfig, Patterns};
+use crate::config::{AccessConfig, Patterns, RegistryConfig};
 pub use htpasswd::{Htpasswd, HtpasswdError};
 
 /// Why a request is refused.
@@ -29,11 +29,24 @@ pub struct Access {
     sources: Vec<IpNet>,
     allow: Patterns,
     deny: Patterns,
+    /// Each registry's own `repositories: {allow, deny}`, by the prefix its names start with.
+    per_registry: Vec<RegistryPatterns>,
+}
+
+/// A registry's own patterns, checked on top of `access.repositories`.
+struct RegistryPatterns {
+    /// `ghcr.io/`: the start of every name of the registry.
+    prefix: String,
+    allow: Patterns,
+    deny: Patterns,
 }
 
 impl Access {
-    /// The policy `config` describes; reads the htpasswd file.
-    pub fn new(config: &AccessConfig) -> Result<Access, HtpasswdError> {
+    /// The policy `config` and the registries' own patterns describe; reads the htpasswd file.
+    pub fn new(
+        config: &AccessConfig,
+        registries: &[RegistryConfig],
+    ) -> Result<Access, HtpasswdError> {
         let htpasswd = match &config.htpasswd {
             Some(h) => Some((Htpasswd::load(&h.path)?, h.realm.clone())),
             None => None,
@@ -43,6 +56,15 @@ impl Access {
             sources: config.sources.clone(),
             allow: config.allow.clone(),
             deny: config.deny.clone(),
+            per_registry: registries
+                .iter()
+                .filter(|r| !r.allow.is_empty() || !r.deny.is_empty())
+                .map(|r| RegistryPatterns {
+                    prefix: format!("{}/", r.host),
+                    allow: r.allow.clone(),
+                    deny: r.deny.clone(),
+                })
+                .collect(),
         })
     }
 
@@ -79,8 +101,17 @@ impl Access {
         }
     }
 
-    /// Whether `repository` (normalised, e.g. `library/alpine`) may be pulled.
+    /// Whether `repository` (as this mirror names it: `library/alpine`, `ghcr.io/owner/app`)
+    /// may be pulled: `access.repositories` allows it, and so does its registry's section.
     pub fn allows(&self, repository: &str) -> bool {
-        (self.allow.is_empty() || self.allow.matches(repository)) && !self.deny.matches(repository)
+        let allowed = |allow: &Patterns, deny: &Patterns| {
+            (allow.is_empty() || allow.matches(repository)) && !deny.matches(repository)
+        };
+        allowed(&self.allow, &self.deny)
+            && self
+                .per_registry
+                .iter()
+                .filter(|r| repository.starts_with(&r.prefix))
+                .all(|r| allowed(&r.allow, &r.deny))
     }
 }

@@ -5,7 +5,9 @@
 use http::Method;
 
 use super::error::ApiError;
-use crate::registry::{is_registry_host, Digest, MirroredRegistries, Reference, RepoName, Tag};
+use crate::registry::{
+    is_registry_host, Digest, MirroredRegistries, Reference, RegistryId, RepoName, Tag,
+};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -49,30 +51,49 @@ impl Endpoint {
         query: Option<&str>,
         registries: &MirroredRegistries,
     ) -> Result<Routed, ApiError> {
-        let ns = namespace_parameter(query)?;
+        let ns = namespace_parameter(query)?.map(|ns| ns.to_ascii_lowercase());
         let (prefix, path) = split_registry_prefix(path);
-        let endpoint = Endpoint::parse(method, &path)?;
-        let named = match (&ns, &prefix) {
-            (Some(ns), Some(prefix)) if !registries.same_registry(ns, prefix) => {
-                return Err(ApiError::namespace_conflict(
-                    ns,
-                    &format!("the path's {prefix}"),
-                ));
+        let prefix = prefix.map(|p| p.to_ascii_lowercase());
+        let named = match (ns, prefix) {
+            (Some(ns), Some(prefix)) => {
+                let same = ns == prefix
+                    || registries
+                        .lookup(&ns)
+                        .is_some_and(|r| registries.lookup(&prefix) == Some(r));
+                if !same {
+                    return Err(ApiError::namespace_conflict(
+                        &ns,
+                        &format!("the path's {prefix}"),
+                    ));
+                }
+                Some(ns)
             }
-            (Some(ns), _) => Some(ns.to_ascii_lowercase()),
-            (None, prefix) => prefix.as_ref().map(|p| p.to_ascii_lowercase()),
+            (ns, prefix) => ns.or(prefix),
         };
-        if let (Some(host), Some(repo)) = (&named, endpoint.repository()) {
-            if !registries.serves(host) {
-                return Err(ApiError::registry_not_mirrored(
-                    host,
-                    repo,
-                    &registries.describe(),
-                ));
-            }
-        }
+        let registry = match &named {
+            None => RegistryId::Default,
+            Some(host) => match registries.lookup(host) {
+                Some(registry) => registry.clone(),
+                None => {
+                    // Parsed only to name the repository in the refusal.
+                    let unserved = RegistryId::Host(host.as_str().into());
+                    let endpoint = Endpoint::parse_in(method, &path, &unserved)?;
+                    if let Some(repo) = endpoint.repository() {
+                        return Err(ApiError::registry_not_mirrored(
+                            host,
+                            repo,
+                            &registries.describe(),
+                        ));
+                    }
+                    return Ok(Routed {
+                        endpoint,
+                        namespace: named,
+                    });
+                }
+            },
+        };
         Ok(Routed {
-            endpoint,
+            endpoint: Endpoint::parse_in(method, &path, &registry)?,
             namespace: named,
         })
     }
@@ -98,7 +119,17 @@ impl Endpoint {
         }
     }
 
+    /// Parses a request for the default upstream.
     pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
+        Self::parse_in(method, path, &RegistryId::Default)
+    }
+
+    /// Parses a request whose names belong to `registry`.
+    pub fn parse_in(
+        method: &Method,
+        path: &str,
+        registry: &RegistryId,
+    ) -> Result<Endpoint, ApiError> {
         let read = *method == Method::GET || *method == Method::HEAD;
         let head = *method == Method::HEAD;
         // `/v2` or `/v2/...`; not `/v2alpine/...`, which is no registry API path.
@@ -116,13 +147,13 @@ impl Endpoint {
             return read.then_some(Endpoint::Catalog).ok_or_else(read_only);
         }
         if let Some(name) = rest.strip_suffix("/tags/list") {
-            let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            let repo = RepoName::parse_in(registry, name).map_err(ApiError::name_invalid)?;
             return read
                 .then_some(Endpoint::Tags { repo })
                 .ok_or_else(read_only);
         }
         if let Some(name) = upload_name(rest) {
-            RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            RepoName::parse_in(registry, name).map_err(ApiError::name_invalid)?;
             return Err(ApiError::unsupported(
                 "cistern is a read-only pull-through mirror: blob uploads are not supported",
             ));
@@ -132,7 +163,7 @@ impl Endpoint {
         let (before, last) = rest.rsplit_once('/').unwrap_or(("", rest));
         if let Some(name) = before.strip_suffix("/manifests") {
             let reference = last;
-            let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            let repo = RepoName::parse_in(registry, name).map_err(ApiError::name_invalid)?;
             let reference = parse_reference(reference)?;
             if !read {
                 return Err(read_only());
@@ -145,7 +176,7 @@ impl Endpoint {
         }
         if let Some(name) = before.strip_suffix("/blobs") {
             let digest = last;
-            let repo = RepoName::parse(name).map_err(ApiError::name_invalid)?;
+            let repo = RepoName::parse_in(registry, name).map_err(ApiError::name_invalid)?;
             let digest = digest.parse().map_err(ApiError::digest_invalid)?;
             if !read {
                 return Err(read_only());
@@ -394,10 +425,18 @@ mod tests {
 
     #[test]
     fn routes_select_the_registry_from_ns_then_the_path() {
-        let registries =
-            MirroredRegistries::for_default_upstream(&"http://127.0.0.1:5000".parse().unwrap());
+        let registries = MirroredRegistries::new(
+            &"http://127.0.0.1:5000".parse().unwrap(),
+            ["quay.io".to_owned()],
+        );
         let manifest = |repo: &str| Endpoint::Manifest {
             repo: name(repo),
+            reference: tag("v1"),
+            head: false,
+        };
+        let quay = RegistryId::Host("quay.io".into());
+        let quay_manifest = |repo: &str| Endpoint::Manifest {
+            repo: RepoName::parse_in(&quay, repo).unwrap(),
             reference: tag("v1"),
             head: false,
         };
@@ -437,6 +476,25 @@ mod tests {
                 Some("ns=ghcr.io"),
                 Endpoint::Catalog,
                 Some("ghcr.io"),
+            ),
+            // A configured registry keeps its names as sent: no `library/`.
+            (
+                "/v2/alpine/manifests/v1",
+                Some("ns=quay.io"),
+                quay_manifest("alpine"),
+                Some("quay.io"),
+            ),
+            (
+                "/v2/Quay.io/org/app/manifests/v1",
+                None,
+                quay_manifest("org/app"),
+                Some("quay.io"),
+            ),
+            (
+                "/v2/quay.io/org/app/manifests/v1",
+                Some("ns=quay.io"),
+                quay_manifest("org/app"),
+                Some("quay.io"),
             ),
         ];
         for (path, query, endpoint, namespace) in cases {
@@ -478,6 +536,20 @@ mod tests {
             (
                 "/v2/org/app/manifests/v1",
                 Some("ns=docker.io&ns=quay.io"),
+                "NAME_INVALID",
+                400,
+            ),
+            (
+                "/v2/quay.io/org/app/manifests/v1",
+                Some("ns=docker.io"),
+                "NAME_INVALID",
+                400,
+            ),
+            // The default upstream's names never start with a host, or they would share
+            // storage with that registry's.
+            (
+                "/v2/docker.io/quay.io/app/manifests/v1",
+                Some("ns=docker.io"),
                 "NAME_INVALID",
                 400,
             ),

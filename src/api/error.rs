@@ -171,7 +171,7 @@ impl From<&CacheError> for ApiError {
             CacheError::BlobUnknown { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message)
             }
-            CacheError::NameUnknown { .. } => {
+            CacheError::NameUnknown { .. } | CacheError::RegistryNotMirrored { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
             }
             CacheError::RangeNotSatisfiable { size } => {

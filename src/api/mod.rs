@@ -107,6 +107,9 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     response
         .extensions_mut()
         .insert(EndpointLabel(endpoint.label()));
+    if let Some(repo) = endpoint.repository() {
+        response.extensions_mut().insert(repo.registry().clone());
+    }
     // The distribution spec: a proxy that used `ns` says so, naming the registry it served.
     if let Some(value) = namespace.and_then(|ns| HeaderValue::try_from(ns).ok()) {
         response.headers_mut().insert(headers::OCI_NAMESPACE, value);

@@ -55,8 +55,8 @@ async fn ready(State(state): State<OpsState>) -> Response {
 
 async fn metrics(State(state): State<OpsState>) -> Response {
     let metrics = state.cache.metrics();
-    if let Some((limit, remaining)) = state.cache.upstream_quota() {
-        metrics.rate_limit(limit, remaining);
+    for (registry, quota) in state.cache.upstream_quotas() {
+        metrics.rate_limit(registry.name(), quota);
     }
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],

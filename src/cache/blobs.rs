@@ -71,7 +71,7 @@ impl Cache {
             if let Some(size) = self.linked_blob_size(repo, digest).await? {
                 return Ok((size, Outcome::Hit));
             }
-            let size = self.upstream().head_blob(repo, digest).await?;
+            let size = self.upstream(repo)?.head_blob(repo, digest).await?;
             Ok((size, Outcome::Miss))
         };
         result.await.map_err(|e| blob_unknown(e, repo, digest))
@@ -152,9 +152,9 @@ impl Cache {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(Arc<Fill>, Outcome), CacheError> {
-        let (fill, role) = self
-            .fills()
-            .join_or_start(&self.inner.fill_inputs, repo, digest)?;
+        let (fill, role) =
+            self.fills()
+                .join_or_start(&self.registry(repo)?.fill_inputs, repo, digest)?;
         match role {
             Role::Started => Ok((fill, Outcome::Miss)),
             Role::Joined => Ok((self.join(fill, repo).await?, Outcome::Joined)),
@@ -165,7 +165,7 @@ impl Cache {
     /// repository holds the blob too, or a private layer would leak through a public name.
     async fn join(&self, fill: Arc<Fill>, repo: &RepoName) -> Result<Arc<Fill>, CacheError> {
         if &fill.repo != repo {
-            self.upstream().head_blob(repo, &fill.digest).await?;
+            self.upstream(repo)?.head_blob(repo, &fill.digest).await?;
         }
         Ok(fill)
     }
@@ -206,7 +206,7 @@ impl Cache {
         let size = match self.storage().read_record::<BlobLink>(&link_key).await? {
             Some(link) => link.size,
             None => {
-                self.upstream().head_blob(repo, digest).await?;
+                self.upstream(repo)?.head_blob(repo, digest).await?;
                 self.storage()
                     .write_record(&link_key, &BlobLink { size: file_size })
                     .await?;

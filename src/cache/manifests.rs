@@ -62,7 +62,7 @@ impl Cache {
         want_body: bool,
     ) -> Result<ManifestAnswer, CacheError> {
         let key = (repo.clone(), reference.to_string());
-        if self.inner.not_found.known_missing(&key) {
+        if self.registry(repo)?.not_found.known_missing(&key) {
             return Err(manifest_unknown(repo, reference));
         }
         if let Some(answer) = self
@@ -119,7 +119,7 @@ impl Cache {
         want_body: bool,
     ) -> Result<ManifestAnswer, CacheError> {
         let key = (repo.clone(), reference.to_string());
-        if self.inner.not_found.known_missing(&key) {
+        if self.registry(repo)?.not_found.known_missing(&key) {
             return Err(manifest_unknown(repo, reference));
         }
         // An attempt that finished since this request looked left the answer in the cache.
@@ -133,9 +133,10 @@ impl Cache {
             Reference::Digest(digest) => self.manifest_by_digest(repo, digest, want_body).await,
             Reference::Tag(tag) => self.manifest_by_tag(repo, tag, accept, want_body).await,
         };
+        let registry = self.registry(repo)?;
         result.map_err(|e| match e {
             CacheError::Upstream(e) if e.is_not_found() => {
-                self.inner.not_found.remember(key);
+                registry.not_found.remember(key);
                 manifest_unknown(repo, reference)
             }
             other => other,
@@ -167,7 +168,12 @@ impl Cache {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<(Digest, TagRecord)>, CacheError> {
-        let record = match self.inner.hot.tag(repo, tag).filter(|r| self.is_fresh(r)) {
+        let record = match self
+            .inner
+            .hot
+            .tag(repo, tag)
+            .filter(|r| self.is_fresh(repo, r))
+        {
             Some(record) => Some(record),
             None => {
                 let stored: Option<TagRecord> = self
@@ -181,12 +187,16 @@ impl Cache {
             }
         };
         Ok(record
-            .filter(|r| self.is_fresh(r))
+            .filter(|r| self.is_fresh(repo, r))
             .and_then(|r| Some((r.digest.parse::<Digest>().ok()?, r))))
     }
 
-    fn is_fresh(&self, record: &TagRecord) -> bool {
-        now_ms().saturating_sub(record.checked_at_ms) < self.inner.tag_ttl.as_millis() as u64
+    /// Whether a tag record was checked upstream within its registry's tag TTL.
+    fn is_fresh(&self, repo: &RepoName, record: &TagRecord) -> bool {
+        let Ok(registry) = self.registry(repo) else {
+            return false;
+        };
+        now_ms().saturating_sub(record.checked_at_ms) < registry.tag_ttl.as_millis() as u64
     }
 
     async fn manifest_by_digest(
@@ -209,7 +219,7 @@ impl Cache {
             // Stored for another repository: serve it here only if upstream confirms that this
             // repository holds it too (a free HEAD), or a private manifest would leak.
             let head = self
-                .upstream()
+                .upstream(repo)?
                 .head_manifest(repo, &reference, &accept)
                 .await?;
             self.link_manifest(repo, digest, &head.media_type, head.size)
@@ -220,7 +230,7 @@ impl Cache {
         }
         if !want_body {
             let head = self
-                .upstream()
+                .upstream(repo)?
                 .head_manifest(repo, &reference, &accept)
                 .await?;
             return Ok(head_answer(head));
@@ -241,7 +251,7 @@ impl Cache {
             .await?;
         let record = record.and_then(|r| Some((r.digest.parse::<Digest>().ok()?, r)));
         if let Some((digest, record)) = &record {
-            if self.is_fresh(record) && accepts(accept, &record.media_type) {
+            if self.is_fresh(repo, record) && accepts(accept, &record.media_type) {
                 return self.manifest_by_digest(repo, digest, want_body).await;
             }
         }
@@ -260,7 +270,7 @@ impl Cache {
                     return Err(e.into());
                 };
                 tracing::warn!(
-                    repository = %repo, tag = %tag, digest = %digest, error = %e,
+                    registry = %repo.registry(), repository = %repo, tag = %tag, digest = %digest, error = %e,
                     "upstream failed to revalidate the tag; serving the cached manifest"
                 );
                 Ok(answer.with_outcome(Outcome::Stale))
@@ -302,7 +312,7 @@ impl Cache {
         let reference = Reference::Tag(tag.clone());
         let upstream_accept = upstream_accept(accept);
         let head = match self
-            .upstream()
+            .upstream(repo)?
             .head_manifest(repo, &reference, &upstream_accept)
             .await
         {
@@ -364,7 +374,7 @@ impl Cache {
         accept: &str,
     ) -> Result<ManifestAnswer, CacheError> {
         let fetched = self
-            .upstream()
+            .upstream(repo)?
             .get_manifest(repo, reference, accept)
             .await?;
         // Verify against the digest asked for, or else the one upstream claims for the tag.
@@ -379,8 +389,9 @@ impl Cache {
                     return Err(CacheError::DigestMismatch {
                         what: "manifest",
                         url: format!(
-                            "{}v2/{repo}/manifests/{reference}",
-                            self.upstream().base_url()
+                            "{}v2/{}/manifests/{reference}",
+                            self.upstream(repo)?.base_url(),
+                            repo.path()
                         ),
                         expected,
                         actual,
@@ -391,7 +402,7 @@ impl Cache {
             None => Digest::sha256_of(&fetched.bytes),
         };
         let size = fetched.bytes.len() as u64;
-        self.metrics().upstream_bytes(size);
+        self.metrics().upstream_bytes(repo.registry().name(), size);
         let content = layout::content(&digest);
         if self.storage().size_of(&content).await? != Some(size) {
             self.storage()

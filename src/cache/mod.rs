@@ -9,21 +9,20 @@ mod manifests;
 mod not_found;
 mod outcome;
 mod records;
+mod registries;
 mod single_flight;
 mod small_blobs;
 mod tags;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::config::ProxyConfig;
-use crate::registry::{Digest, RepoName};
+use crate::registry::{Digest, RegistryId, RepoName};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
-use fills::{FillInputs, Fills, RateFloor};
+use fills::Fills;
 use manifests::ManifestFlights;
-use not_found::NotFound;
+pub use registries::{CachedRegistries, CachedRegistry};
 
 pub use blobs::{BlobAnswer, ByteRange};
 pub use expiry::spawn_expiry;
@@ -40,6 +39,9 @@ pub enum CacheError {
     BlobUnknown { repo: RepoName, digest: Digest },
     #[error("repository {repo} is unknown upstream")]
     NameUnknown { repo: RepoName },
+    /// A name of a registry this cache was not given (routing refuses those first).
+    #[error("registry {registry} is not mirrored here (repository {repo})")]
+    RegistryNotMirrored { registry: String, repo: RepoName },
     #[error("{what} from {url} does not match its digest: expected {expected}, got {actual}")]
     DigestMismatch {
         what: &'static str,
@@ -88,42 +90,21 @@ pub struct Cache {
 
 struct Inner {
     storage: Storage,
-    upstream: Arc<Upstream>,
-    tag_ttl: Duration,
+    registries: CachedRegistries,
     fills: Fills,
-    fill_inputs: FillInputs,
     manifest_flights: ManifestFlights,
-    not_found: NotFound,
     hot: hot::Hot,
     metrics: Metrics,
 }
 
 impl Cache {
-    pub fn new(
-        storage: Storage,
-        upstream: Upstream,
-        proxy: &ProxyConfig,
-        metrics: Metrics,
-    ) -> Self {
-        let upstream = Arc::new(upstream);
-        let fill_inputs = FillInputs {
-            storage: storage.clone(),
-            upstream: upstream.clone(),
-            metrics: metrics.clone(),
-            rate_floor: RateFloor {
-                min_bytes_per_sec: proxy.fill_min_rate,
-                window: proxy.fill_rate_window,
-            },
-        };
+    pub fn new(storage: Storage, registries: CachedRegistries, metrics: Metrics) -> Self {
         Cache {
             inner: Arc::new(Inner {
                 storage,
-                upstream,
-                tag_ttl: proxy.tag_ttl,
+                registries,
                 fills: Fills::default(),
-                fill_inputs,
                 manifest_flights: ManifestFlights::default(),
-                not_found: NotFound::new(proxy.not_found_ttl),
                 hot: hot::Hot::default(),
                 metrics,
             }),
@@ -134,17 +115,32 @@ impl Cache {
         &self.inner.storage
     }
 
-    fn upstream(&self) -> &Upstream {
-        &self.inner.upstream
+    /// The registry `repo` belongs to: its upstream and the cache's settings for it.
+    fn registry(&self, repo: &RepoName) -> Result<&CachedRegistry, CacheError> {
+        self.inner.registries.of(repo)
+    }
+
+    /// The upstream client of the registry `repo` belongs to.
+    fn upstream(&self, repo: &RepoName) -> Result<&Upstream, CacheError> {
+        Ok(&self.registry(repo)?.upstream)
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
-    /// Docker Hub's pull quota as last reported: (limit, remaining).
-    pub fn upstream_quota(&self) -> Option<(u64, u64)> {
-        self.upstream().rate_limit().latest()
+    /// Each registry's pull quota as last reported: (limit, remaining), None before a report.
+    pub fn upstream_quotas(&self) -> Vec<(RegistryId, Option<(u64, u64)>)> {
+        self.inner
+            .registries
+            .all()
+            .map(|r| {
+                (
+                    r.upstream.registry().clone(),
+                    r.upstream.rate_limit().latest(),
+                )
+            })
+            .collect()
     }
 
     /// The storage behind the cache, for health checks.

@@ -17,7 +17,7 @@ impl Cache {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<TagListPage, CacheError> {
-        let error = match self.upstream().tags(repo, n, last).await {
+        let error = match self.upstream(repo)?.tags(repo, n, last).await {
             Ok(page) => {
                 // Sorted and cut here again: the spec wants lexical order, and some upstreams
                 // (Distribution 2.8) return every tag unsorted whatever `n` and `last` say.
@@ -39,7 +39,7 @@ impl Cache {
         if cached.is_empty() {
             return Err(error.into());
         }
-        tracing::warn!(repository = %repo, error = %error, "upstream tag list failed; listing cached tags");
+        tracing::warn!(registry = %repo.registry(), repository = %repo, error = %error, "upstream tag list failed; listing cached tags");
         let (tags, more) = paginate(cached, n, last);
         Ok(TagListPage { tags, more })
     }

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{bad, scalar, ConfigError};
+use crate::registry::{is_registry_host, DOCKER_HUB_HOSTS};
 
 #[derive(Debug, Clone, Default)]
 pub struct AccessConfig {
@@ -28,23 +29,47 @@ pub struct HtpasswdConfig {
     pub path: PathBuf,
 }
 
-/// Repository name patterns: `*` stays within one path segment, `**` crosses them, and a
-/// pattern without `/` is a Docker Hub official image (`alpine` means `library/alpine`, as
-/// `docker pull alpine` does).
+/// Repository name patterns, matched against names as this mirror shows them
+/// (`library/alpine`, `ghcr.io/owner/app`): `*` stays within one path segment, `**` crosses
+/// them. In `access.repositories`, a pattern without a registry host means the default
+/// upstream, and one without `/` is a Docker Hub official image (`alpine` means
+/// `library/alpine`, as `docker pull alpine` does); a host alone (`ghcr.io`) is that whole
+/// registry. In a registry's own section, patterns are relative to it (`myorg/**`).
 #[derive(Debug, Clone, Default)]
 pub struct Patterns {
     written: Vec<String>,
     set: GlobSet,
+    /// A pattern named the default upstream as a whole (`docker.io`).
+    whole_default: bool,
+}
+
+/// Where a pattern list applies.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PatternScope<'a> {
+    /// `access.repositories`: every registry, by the names this mirror shows.
+    Mirror,
+    /// A registry's own section: names within that registry.
+    Registry(&'a str),
 }
 
 impl Patterns {
-    fn parse(key: &str, written: Vec<String>) -> Result<Patterns, ConfigError> {
+    pub(super) fn parse(
+        key: &str,
+        written: Vec<String>,
+        scope: PatternScope,
+    ) -> Result<Patterns, ConfigError> {
         let mut builder = GlobSetBuilder::new();
+        let mut whole_default = false;
         for pattern in &written {
-            let normalised = if pattern.contains('/') || pattern.starts_with("**") {
-                pattern.clone()
-            } else {
-                format!("library/{pattern}")
+            let normalised = match scope {
+                PatternScope::Registry(host) => format!("{host}/{pattern}"),
+                PatternScope::Mirror => match normalise(pattern) {
+                    Some(normalised) => normalised,
+                    None => {
+                        whole_default = true;
+                        continue;
+                    }
+                },
             };
             let glob = globset::GlobBuilder::new(&normalised)
                 .literal_separator(true)
@@ -55,17 +80,60 @@ impl Patterns {
         let set = builder
             .build()
             .map_err(|e| bad(key, format!("cannot use these patterns: {e}")))?;
-        Ok(Patterns { written, set })
+        Ok(Patterns {
+            written,
+            set,
+            whole_default,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
         self.written.is_empty()
     }
 
-    /// Whether `name` (normalised, e.g. `library/alpine`) matches any pattern.
+    /// Whether `name` (as this mirror shows it, e.g. `library/alpine`) matches any pattern.
     pub fn matches(&self, name: &str) -> bool {
-        self.set.is_match(name)
+        self.set.is_match(name) || (self.whole_default && !names_a_registry(name))
     }
+}
+
+/// A pattern of `access.repositories` as it matches names: Docker Hub's host dropped and its
+/// `library/` rule applied; a host alone widened to its whole registry. None for a pattern
+/// that is Docker Hub as a whole.
+fn normalise(pattern: &str) -> Option<String> {
+    let (first, rest) = match pattern.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (pattern, None),
+    };
+    if DOCKER_HUB_HOSTS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(first))
+    {
+        return rest.map(normalise_default);
+    }
+    if is_registry_host(first) {
+        let host = first.to_ascii_lowercase();
+        return Some(match rest {
+            Some(rest) => format!("{host}/{rest}"),
+            None => format!("{host}/**"),
+        });
+    }
+    Some(normalise_default(pattern))
+}
+
+/// A pattern for the default upstream: one without `/` is an official image.
+fn normalise_default(pattern: &str) -> String {
+    if pattern.contains('/') || pattern.starts_with("**") {
+        pattern.to_owned()
+    } else {
+        format!("library/{pattern}")
+    }
+}
+
+/// Whether a name as this mirror shows it belongs to a registry other than the default.
+fn names_a_registry(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(first, _)| is_registry_host(first))
 }
 
 impl AccessConfig {
@@ -98,11 +166,17 @@ pub(super) struct RawAccess {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct RawRepositories {
+pub(super) struct RawRepositories {
     #[serde(deserialize_with = "scalar::deserialize_list")]
-    allow: Vec<String>,
+    pub(super) allow: Vec<String>,
     #[serde(deserialize_with = "scalar::deserialize_list")]
-    deny: Vec<String>,
+    pub(super) deny: Vec<String>,
+}
+
+impl RawRepositories {
+    pub(super) fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
 }
 
 pub(super) fn validate(auth: RawAuth, access: RawAccess) -> Result<AccessConfig, ConfigError> {
@@ -126,8 +200,16 @@ pub(super) fn validate(auth: RawAuth, access: RawAccess) -> Result<AccessConfig,
     Ok(AccessConfig {
         htpasswd,
         sources,
-        allow: Patterns::parse("access.repositories.allow", access.repositories.allow)?,
-        deny: Patterns::parse("access.repositories.deny", access.repositories.deny)?,
+        allow: Patterns::parse(
+            "access.repositories.allow",
+            access.repositories.allow,
+            PatternScope::Mirror,
+        )?,
+        deny: Patterns::parse(
+            "access.repositories.deny",
+            access.repositories.deny,
+            PatternScope::Mirror,
+        )?,
     })
 }
 
@@ -150,7 +232,41 @@ mod tests {
     use super::*;
 
     fn patterns(written: &[&str]) -> Patterns {
-        Patterns::parse("k", written.iter().map(|p| p.to_string()).collect()).unwrap()
+        Patterns::parse(
+            "k",
+            written.iter().map(|p| p.to_string()).collect(),
+            PatternScope::Mirror,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn patterns_may_name_a_registry_and_without_one_mean_the_default_upstream() {
+        let ghcr = patterns(&["ghcr.io/myorg/**"]);
+        assert!(ghcr.matches("ghcr.io/myorg/app"));
+        assert!(!ghcr.matches("myorg/app"));
+        assert!(!ghcr.matches("quay.io/myorg/app"));
+        let hub = patterns(&["myorg/**"]);
+        assert!(hub.matches("myorg/app"));
+        assert!(!hub.matches("ghcr.io/myorg/app"));
+        assert!(patterns(&["docker.io/alpine"]).matches("library/alpine"));
+        assert!(patterns(&["Docker.io/myorg/*"]).matches("myorg/app"));
+        let whole_quay = patterns(&["quay.io"]);
+        assert!(whole_quay.matches("quay.io/a/b"));
+        assert!(!whole_quay.matches("library/alpine"));
+        let whole_hub = patterns(&["docker.io"]);
+        assert!(whole_hub.matches("library/alpine"));
+        assert!(whole_hub.matches("a/b/c"));
+        assert!(!whole_hub.matches("ghcr.io/a/b"));
+        let registry_own = Patterns::parse(
+            "k",
+            vec!["myorg/**".into(), "app".into()],
+            PatternScope::Registry("ghcr.io"),
+        )
+        .unwrap();
+        assert!(registry_own.matches("ghcr.io/myorg/x"));
+        assert!(registry_own.matches("ghcr.io/app"));
+        assert!(!registry_own.matches("myorg/x"));
     }
 
     #[test]

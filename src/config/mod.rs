@@ -9,74 +9,40 @@ pub use storage::{AzureConfig, GcsConfig, S3Config, StorageConfig};
 mod duration;
 mod health;
 mod http;
+mod proxy;
+mod registries;
 mod schema;
 pub use access::{AccessConfig, HtpasswdConfig, Patterns};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;
 pub use http::{DebugConfig, HttpConfig, TlsConfig, DEFAULT_DEBUG_ADDR};
+use proxy::RawProxy;
+pub use proxy::{
+    Credentials, ProxyConfig, DEFAULT_CONTENT_TTL, DEFAULT_FILL_MIN_RATE, DEFAULT_FILL_RATE_WINDOW,
+    DEFAULT_MAX_FETCHES, DEFAULT_NOT_FOUND_TTL, DEFAULT_TAG_TTL, DOCKER_HUB,
+};
+pub use registries::RegistryConfig;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
-use url::Url;
 
 pub use schema::SchemaError;
-
-/// Docker Hub's registry endpoint, the upstream when the config names none.
-pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
-/// Default for `proxy.tagttl`: how long a tag is served without asking upstream.
-pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(5 * 60);
-/// Default for `proxy.notfoundttl`: how long a manifest upstream does not have is answered 404
-/// without asking again, so a loop of bad pulls does not hammer upstream.
-pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(30);
-/// Default for `proxy.maxfetches`: blobs fetched from upstream at the same time.
-pub const DEFAULT_MAX_FETCHES: usize = 32;
-/// Default for `proxy.fillminrate`: bytes per second a blob fill must receive to keep its
-/// upstream slot (see `proxy.fillratewindow`).
-pub const DEFAULT_FILL_MIN_RATE: usize = 16 * 1024;
-/// Default for `proxy.fillratewindow`: the window `proxy.fillminrate` is measured over. A fill
-/// nobody reads is abandoned after one window below the rate; one a client reads, after ten.
-pub const DEFAULT_FILL_RATE_WINDOW: Duration = Duration::from_secs(30);
-/// Default for `proxy.ttl`, as in Distribution: cached content expires after a week.
-pub const DEFAULT_CONTENT_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: HttpConfig,
     pub storage: StorageConfig,
+    /// The default upstream (Docker Hub's role).
     pub proxy: ProxyConfig,
+    /// Further registries (`registries:`), sorted by host.
+    pub registries: Vec<RegistryConfig>,
     pub log: LogConfig,
     pub health: HealthConfig,
     pub access: AccessConfig,
-}
-
-#[derive(Debug, Clone)]
-pub struct ProxyConfig {
-    pub remote_url: Url,
-    pub credentials: Option<Credentials>,
-    /// How long cached content is kept; zero keeps it for ever.
-    pub content_ttl: Duration,
-    /// How long a tag is trusted before it is revalidated with an upstream HEAD.
-    pub tag_ttl: Duration,
-    /// How long a manifest upstream answered 404 for is answered 404 from memory; zero never.
-    pub not_found_ttl: Duration,
-    /// At most this many blobs are fetched from upstream at once; further fills queue.
-    pub max_fetches: usize,
-    /// Bytes per second a blob fill must receive to keep its slot; 0 turns the floor off.
-    pub fill_min_rate: u64,
-    /// The window `fill_min_rate` is measured over.
-    pub fill_rate_window: Duration,
-}
-
-/// Upstream credentials. The password is a secret: it never reaches logs or `Debug` output.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: SecretString,
 }
 
 #[derive(Debug, Clone)]
@@ -175,16 +141,35 @@ impl Config {
                 reason: e.inner().to_string(),
             })?;
         let config = raw.validate()?;
-        if let Some(credentials) = &config.proxy.credentials {
-            if !config.access.restricts_clients() {
-                warnings.push(format!(
-                    "UPSTREAM CREDENTIALS ARE OPEN TO EVERY CLIENT: anyone who can reach this mirror can pull every image, private ones included, that Docker Hub account {:?} can read. Restrict it with auth.htpasswd, access.sources or access.repositories.allow",
-                    credentials.username
-                ));
-            }
-        }
+        warnings.extend(open_credentials(&config));
         Ok(Loaded { config, warnings })
     }
+}
+
+/// Warnings for upstream credentials any client could use: nothing restricts who may pull
+/// through the mirror, or which repositories.
+fn open_credentials(config: &Config) -> Vec<String> {
+    let access = &config.access;
+    let default_host = config.proxy.remote_url.host_str().unwrap_or("upstream");
+    let mut sections = vec![(default_host, config.proxy.credentials.as_ref(), false)];
+    for registry in &config.registries {
+        let own_allow = !registry.allow.is_empty();
+        sections.push((
+            registry.host.as_str(),
+            registry.upstream.credentials.as_ref(),
+            own_allow,
+        ));
+    }
+    sections
+        .into_iter()
+        .filter_map(|(section, credentials, own_allow)| {
+            let credentials = credentials?;
+            (!access.restricts_clients() && !own_allow).then(|| format!(
+                "UPSTREAM CREDENTIALS ARE OPEN TO EVERY CLIENT: anyone who can reach this mirror can pull every image, private ones included, that the {section} account {:?} can read. Restrict it with auth.htpasswd, access.sources or access.repositories.allow",
+                credentials.username
+            ))
+        })
+        .collect()
 }
 
 /// The file as written, before defaults and validation. Unknown keys were already rejected by
@@ -195,30 +180,11 @@ struct RawConfig {
     http: RawHttp,
     storage: RawStorage,
     proxy: RawProxy,
+    registries: BTreeMap<String, RawProxy>,
     log: RawLog,
     health: RawHealth,
     auth: access::RawAuth,
     access: access::RawAccess,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawProxy {
-    remoteurl: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    #[serde(deserialize_with = "duration::deserialize_optional")]
-    ttl: Option<Duration>,
-    #[serde(deserialize_with = "duration::deserialize_optional")]
-    tagttl: Option<Duration>,
-    #[serde(deserialize_with = "duration::deserialize_optional")]
-    notfoundttl: Option<Duration>,
-    #[serde(deserialize_with = "scalar::deserialize_optional_count")]
-    maxfetches: Option<usize>,
-    #[serde(deserialize_with = "scalar::deserialize_optional_count")]
-    fillminrate: Option<usize>,
-    #[serde(deserialize_with = "duration::deserialize_optional")]
-    fillratewindow: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -237,67 +203,15 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
+        let proxy = self.proxy.validate_default()?;
         Ok(Config {
             http: self.http.validate()?,
             storage: self.storage.validate()?,
-            proxy: self.proxy.validate()?,
+            registries: registries::validate(self.registries, &proxy)?,
+            proxy,
             log: self.log.validate()?,
             health: self.health.validate()?,
             access: access::validate(self.auth, self.access)?,
-        })
-    }
-}
-
-impl RawProxy {
-    fn validate(self) -> Result<ProxyConfig, ConfigError> {
-        let remote = self.remoteurl.as_deref().unwrap_or(DOCKER_HUB);
-        let remote_url = Url::parse(remote)
-            .map_err(|e| bad("proxy.remoteurl", format!("{remote:?} is not a URL: {e}")))?;
-        if !matches!(remote_url.scheme(), "http" | "https") || remote_url.host().is_none() {
-            return Err(bad(
-                "proxy.remoteurl",
-                format!("{remote:?} must be an http:// or https:// URL with a host"),
-            ));
-        }
-        // An empty value counts as unset, so `REGISTRY_PROXY_USERNAME=` (as docker compose
-        // passes an unset variable) means anonymous.
-        let username = self.username.filter(|u| !u.is_empty());
-        let password = self.password.filter(|p| !p.is_empty());
-        let credentials = match (username, password) {
-            (None, None) => None,
-            (Some(username), Some(password)) => Some(Credentials {
-                username,
-                password: SecretString::from(password),
-            }),
-            (Some(_), None) => {
-                return Err(bad(
-                    "proxy.password",
-                    "missing: proxy.username is set, so a password or access token is needed",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "proxy.username",
-                    "missing: proxy.password is set, so a username is needed",
-                ))
-            }
-        };
-        let max_fetches = self.maxfetches.unwrap_or(DEFAULT_MAX_FETCHES);
-        if max_fetches == 0 {
-            return Err(bad(
-                "proxy.maxfetches",
-                "must be at least 1, or no blob could ever be fetched",
-            ));
-        }
-        Ok(ProxyConfig {
-            remote_url,
-            credentials,
-            content_ttl: self.ttl.unwrap_or(DEFAULT_CONTENT_TTL),
-            tag_ttl: self.tagttl.unwrap_or(DEFAULT_TAG_TTL),
-            not_found_ttl: self.notfoundttl.unwrap_or(DEFAULT_NOT_FOUND_TTL),
-            max_fetches,
-            fill_min_rate: self.fillminrate.unwrap_or(DEFAULT_FILL_MIN_RATE) as u64,
-            fill_rate_window: self.fillratewindow.unwrap_or(DEFAULT_FILL_RATE_WINDOW),
         })
     }
 }
@@ -332,6 +246,7 @@ impl RawLog {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+    use std::time::Duration;
 
     const DISTRIBUTION_EXAMPLE: &str = r#"
 version: 0.1
@@ -584,6 +499,100 @@ proxy:
     }
 
     #[test]
+    fn registries_take_proxys_keys_default_to_their_host_and_inherit_tuning() {
+        let yaml = "proxy: {tagttl: 2m, maxfetches: 4}\nregistries:\n  ghcr.io: {}\n  Quay.io: {username: me, password: token, tagttl: 1h}\n  'mirror.internal:5000': {remoteurl: 'http://10.0.0.5:5000', repositories: {allow: ['team/**']}}\n  docker.io: {}\n";
+        let loaded = Config::from_yaml(yaml, no_env()).unwrap();
+        let r = &loaded.config.registries;
+        let hosts: Vec<&str> = r.iter().map(|r| r.host.as_str()).collect();
+        assert_eq!(hosts, ["ghcr.io", "mirror.internal:5000", "quay.io"]);
+        assert_eq!(r[0].upstream.remote_url.as_str(), "https://ghcr.io/");
+        assert_eq!(r[0].upstream.tag_ttl, Duration::from_secs(120));
+        assert_eq!(r[0].upstream.max_fetches, 4);
+        assert!(r[0].upstream.credentials.is_none());
+        assert_eq!(r[1].upstream.remote_url.as_str(), "http://10.0.0.5:5000/");
+        assert!(r[1].allow.matches("mirror.internal:5000/team/app"));
+        assert!(!r[1].allow.matches("team/app"));
+        assert_eq!(r[2].upstream.tag_ttl, Duration::from_secs(3600));
+        let creds = r[2].upstream.credentials.as_ref().unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.expose_secret()),
+            ("me", "token")
+        );
+        assert!(
+            !format!("{loaded:?}").contains("token\""),
+            "the password stays hidden"
+        );
+        let open: Vec<_> = loaded
+            .warnings
+            .iter()
+            .filter(|w| w.contains("OPEN TO EVERY CLIENT"))
+            .collect();
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert!(open[0].contains("quay.io") && !open[0].contains("token"));
+
+        let env = [
+            ("REGISTRY_REGISTRIES_GHCR_IO_USERNAME", "u"),
+            ("REGISTRY_REGISTRIES_GHCR_IO_PASSWORD", "p"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::from_yaml(yaml, env).unwrap().config;
+        let creds = c.registries[0].upstream.credentials.as_ref().unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.expose_secret()),
+            ("u", "p")
+        );
+
+        for (yaml, key) in [
+            ("registries: {ghcr: {}}", "registries.ghcr"),
+            (
+                "registries: {'https://ghcr.io': {}}",
+                "registries.https://ghcr.io",
+            ),
+            ("registries: {ghcr.io/x: {}}", "registries.ghcr.io/x"),
+            (
+                "registries: {ghcr.io: {remoteurl: 'ftp://x'}}",
+                "registries.ghcr.io.remoteurl",
+            ),
+            (
+                "registries: {ghcr.io: {username: u}}",
+                "registries.ghcr.io.password",
+            ),
+            ("registries: {ghcr.io: {ttl: 1h}}", "registries.ghcr.io.ttl"),
+            (
+                "registries: {ghcr.io: {tagttl: soon}}",
+                "registries.ghcr.io.tagttl",
+            ),
+            (
+                "registries: {ghcr.io: {maxfetches: 0}}",
+                "registries.ghcr.io.maxfetches",
+            ),
+            (
+                "registries: {ghcr.io: {repositories: {allow: ['a/[b']}}}",
+                "registries.ghcr.io.repositories.allow",
+            ),
+            (
+                "registries: {docker.io: {username: u, password: p}}",
+                "registries.docker.io",
+            ),
+            (
+                "registries: {ghcr.io: {}, GHCR.io: {}}",
+                "registries.ghcr.io",
+            ),
+        ] {
+            let err = Config::from_yaml(yaml, no_env()).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::BadValue { key: k, .. } if k == key),
+                "{yaml}: {err}"
+            );
+        }
+        let err = Config::from_yaml("registries: {ghcr.io: {tagtl: 1m}}", no_env()).unwrap_err();
+        assert!(
+            err.to_string().contains("`registries.ghcr.io.tagtl`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_key_stops_start_up_with_its_name() {
         let err =
             Config::from_yaml("proxy: {remoteurl: https://x, tagtl: 1m}", no_env()).unwrap_err();
@@ -609,6 +618,10 @@ proxy:
                         used_leaves(child, &child_path, out);
                     }
                 }
+                // A registry section's keys, under an example host.
+                schema::Key::MapOf(child) => {
+                    used_leaves(child, &format!("{path}.example.com"), out)
+                }
                 schema::Key::FreeMap | schema::Key::Ignored => {}
             }
         }
@@ -617,15 +630,21 @@ proxy:
         // `version` is checked by the schema only: like Distribution, any value is accepted.
         leaves.retain(|leaf| leaf != "version");
         assert!(leaves.contains(&"http.timeouts.header".to_owned()));
+        assert!(leaves.contains(&"registries.example.com.tagttl".to_owned()));
         for leaf in leaves {
             let mut text = String::new();
-            for (depth, name) in leaf.split('.').enumerate() {
+            // The example host is one key, dot and all.
+            let names: Vec<&str> = match leaf.strip_prefix("registries.example.com.") {
+                Some(rest) => ["registries", "example.com"]
+                    .into_iter()
+                    .chain(rest.split('.'))
+                    .collect(),
+                None => leaf.split('.').collect(),
+            };
+            for (depth, name) in names.iter().enumerate() {
                 text.push_str(&format!("{}{name}:\n", "  ".repeat(depth)));
             }
-            text.push_str(&format!(
-                "{}wrong: shape\n",
-                "  ".repeat(leaf.split('.').count())
-            ));
+            text.push_str(&format!("{}wrong: shape\n", "  ".repeat(names.len())));
             match Config::from_yaml(&text, no_env()) {
                 Err(ConfigError::BadValue { key, .. }) => assert_eq!(key, leaf, "{text}"),
                 other => panic!(

@@ -15,9 +15,28 @@ pub enum Key {
     FreeMap,
     /// A Distribution key cistern accepts but does not implement; anything below it is accepted.
     Ignored,
+    /// A key cistern reads whose value maps free-form names (e.g. registry hosts) to values
+    /// of this shape.
+    MapOf(&'static Key),
 }
 
-use Key::{FreeMap, Ignored, Section, Used};
+use Key::{FreeMap, Ignored, MapOf, Section, Used};
+
+/// A registry section under `registries:`: `proxy:`'s keys, and which of its repositories may
+/// be pulled. Each tuning key left out takes `proxy:`'s value.
+pub const REGISTRY_SECTION: Key = Section(&[
+    ("remoteurl", Used),
+    ("username", Used),
+    ("password", Used),
+    // Refused with a reason: content is stored once for every registry, so `proxy.ttl` rules.
+    ("ttl", Used),
+    ("tagttl", Used),
+    ("notfoundttl", Used),
+    ("maxfetches", Used),
+    ("fillminrate", Used),
+    ("fillratewindow", Used),
+    ("repositories", Section(&[("allow", Used), ("deny", Used)])),
+]);
 
 pub const ROOT: Key = Section(&[
     ("version", Used),
@@ -189,6 +208,8 @@ pub const ROOT: Key = Section(&[
             ("fillratewindow", Used),
         ]),
     ),
+    // cistern's extension: further registries, by the host clients name them by.
+    ("registries", MapOf(&REGISTRY_SECTION)),
     ("validation", Ignored),
     ("compatibility", Ignored),
     ("policy", Ignored),
@@ -226,7 +247,7 @@ fn check_node(
             ignored.push(path.to_owned());
             Ok(())
         }
-        Section(children) => {
+        MapOf(_) | Section(_) => {
             let mapping = match value {
                 Value::Null => return Ok(()),
                 Value::Mapping(m) => m,
@@ -237,13 +258,28 @@ fn check_node(
                     .as_str()
                     .ok_or_else(|| SchemaError::KeyNotAString(path.to_owned()))?;
                 let child_path = join(path, name);
-                let (_, child) = children
-                    .iter()
-                    .find(|(known, _)| *known == name)
-                    .ok_or_else(|| SchemaError::UnknownKey(child_path.clone()))?;
+                let child = match key {
+                    MapOf(child) => *child,
+                    _ => key
+                        .child(name)
+                        .ok_or_else(|| SchemaError::UnknownKey(child_path.clone()))?,
+                };
                 check_node(child, child_value, &child_path, ignored)?;
             }
             Ok(())
+        }
+    }
+}
+
+impl Key {
+    /// The key named `name` below this section.
+    fn child(&self, name: &str) -> Option<&Key> {
+        match self {
+            Section(children) => children
+                .iter()
+                .find(|(known, _)| *known == name)
+                .map(|(_, child)| child),
+            _ => None,
         }
     }
 }
@@ -281,7 +317,7 @@ pub fn apply_env_overrides(
             .split('_')
             .map(str::to_ascii_lowercase)
             .collect();
-        match resolve_env_path(&segments) {
+        match resolve_env_path(&segments, document) {
             Some(path) => set_path(document, &path, Value::String(value)),
             None => unrecognised.push(name),
         }
@@ -312,30 +348,60 @@ fn select_storage_driver(document: &mut Value, driver: &str) -> bool {
 }
 
 /// Maps the segments of an environment variable onto key names, or None when they name no key.
-fn resolve_env_path(segments: &[String]) -> Option<Vec<String>> {
-    let mut key = &ROOT;
-    let mut path = Vec::new();
-    for (i, segment) in segments.iter().enumerate() {
-        match key {
-            Section(children) => {
-                let (name, child) = children.iter().find(|(known, _)| known == segment)?;
-                path.push((*name).to_owned());
-                key = child;
-            }
-            // Below these any key is acceptable; header names use '-' not '_', so the rest of
-            // the variable is one key.
-            FreeMap | Ignored => {
-                path.push(segments[i..].join("_"));
-                return Some(path);
-            }
-            Used => return None,
+fn resolve_env_path(segments: &[String], document: &Value) -> Option<Vec<String>> {
+    resolve_below(&ROOT, segments, Some(document)).filter(|path| !path.is_empty())
+}
+
+fn resolve_below(key: &Key, segments: &[String], node: Option<&Value>) -> Option<Vec<String>> {
+    let Some((segment, rest)) = segments.split_first() else {
+        return Some(Vec::new());
+    };
+    let path = match key {
+        Section(children) => {
+            let (name, child) = children.iter().find(|(known, _)| known == segment)?;
+            let mut path = vec![(*name).to_owned()];
+            path.extend(resolve_below(child, rest, node.and_then(|n| n.get(*name)))?);
+            path
         }
-    }
-    if path.is_empty() {
-        None
-    } else {
+        // Below these any key is acceptable; header names use '-' not '_', so the rest of
+        // the variable is one key.
+        FreeMap | Ignored => vec![segments.join("_")],
+        MapOf(child) => return resolve_map_entry(child, segments, node),
+        Used => return None,
+    };
+    Some(path)
+}
+
+/// An entry of a map with free-form names such as registry hosts, which may hold characters
+/// a variable name cannot (`ghcr.io`, `127.0.0.1:5000`): the variable spells the name in
+/// upper case with each other character as `_` (`GHCR_IO`), and must match exactly one name
+/// already in the file.
+fn resolve_map_entry(
+    child: &Key,
+    segments: &[String],
+    node: Option<&Value>,
+) -> Option<Vec<String>> {
+    let Some(Value::Mapping(entries)) = node else {
+        return None;
+    };
+    let mut found = entries.iter().filter_map(|(name, value)| {
+        let name = name.as_str()?;
+        let spelled: Vec<String> = name
+            .to_ascii_lowercase()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .map(str::to_owned)
+            .collect();
+        let rest = segments.strip_prefix(spelled.as_slice())?;
+        if rest.is_empty() {
+            return None;
+        }
+        let mut path = vec![name.to_owned()];
+        path.extend(resolve_below(child, rest, Some(value))?);
         Some(path)
-    }
+    });
+    let first = found.next()?;
+    // Two names spelled alike (`a.b` and `a-b`): the variable cannot say which.
+    found.next().is_none().then_some(first)
 }
 
 fn set_path(document: &mut Value, path: &[String], value: Value) {
@@ -410,5 +476,42 @@ mod tests {
         assert_eq!(doc["proxy"]["remoteurl"].as_str(), Some("https://r"));
         assert_eq!(doc["http"]["addr"].as_str(), Some(":6000"));
         assert_eq!(doc["storage"]["s3"]["bucket"].as_str(), Some("b"));
+    }
+
+    #[test]
+    fn env_overrides_reach_registries_listed_in_the_file_by_their_spelled_out_host() {
+        let mut doc =
+            yaml("registries: {ghcr.io: {}, '127.0.0.1:5001': {tagttl: 1m}, a.b: {}, a-b: {}}\n");
+        let unknown = apply_env_overrides(
+            &mut doc,
+            [
+                ("REGISTRY_REGISTRIES_GHCR_IO_PASSWORD", "s3cret"),
+                ("REGISTRY_REGISTRIES_127_0_0_1_5001_USERNAME", "me"),
+                (
+                    "REGISTRY_REGISTRIES_127_0_0_1_5001_REPOSITORIES_DENY",
+                    "x/**",
+                ),
+                ("REGISTRY_REGISTRIES_QUAY_IO_PASSWORD", "x"),
+                ("REGISTRY_REGISTRIES_GHCR_IO", "x"),
+                ("REGISTRY_REGISTRIES_A_B_USERNAME", "x"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        assert_eq!(
+            unknown,
+            [
+                "REGISTRY_REGISTRIES_A_B_USERNAME",
+                "REGISTRY_REGISTRIES_GHCR_IO",
+                "REGISTRY_REGISTRIES_QUAY_IO_PASSWORD"
+            ]
+        );
+        assert_eq!(
+            doc["registries"]["ghcr.io"]["password"].as_str(),
+            Some("s3cret")
+        );
+        let local = &doc["registries"]["127.0.0.1:5001"];
+        assert_eq!(local["username"].as_str(), Some("me"));
+        assert_eq!(local["tagttl"].as_str(), Some("1m"));
+        assert_eq!(local["repositories"]["deny"].as_str(), Some("x/**"));
     }
 }

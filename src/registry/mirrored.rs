@@ -3,74 +3,97 @@
 //! containerd (and Docker >= 29) names the registry of every request in `?ns=<host>`; podman,
 //! CRI-O, skopeo and BuildKit mirrors with a path send it as the first path segment
 //! (`/v2/ghcr.io/owner/app/...`). This is a closed world: a request naming any other registry
-//! is refused before anything is asked upstream, so a node that sends every registry to the
-//! mirror never runs what someone published under the same name on the default upstream.
+//! is refused before anything is asked upstream, and a host is only ever a key into the
+//! configured registries, never something to dial, so no request can make this an open proxy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use url::Url;
 
-/// Docker Hub's names: what clients call it, and the hosts its API is served from.
-const DOCKER_HUB_HOSTS: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+use super::registry_id::RegistryId;
 
-/// The registry hosts the default upstream (`proxy.remoteurl`) answers for.
+/// Docker Hub's names: what clients call it, and the hosts its API is served from.
+pub const DOCKER_HUB_HOSTS: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+/// The registry hosts clients may name, and which mirrored registry each one means.
 #[derive(Clone, Debug)]
 pub struct MirroredRegistries {
-    hosts: Vec<String>,
+    /// Lowercase host (with the port, as clients name it) -> registry.
+    by_host: HashMap<String, RegistryId>,
 }
 
 impl MirroredRegistries {
-    /// The default upstream answers for its own host (with the port, as clients name it) and
-    /// for Docker Hub's names: `proxy:` is Distribution's Docker Hub mirror section, and
-    /// dockerd's `registry-mirrors` sends it Docker Hub names, without `ns` before Docker 29
-    /// and with `ns=docker.io` since. Both must mean the same upstream.
-    pub fn for_default_upstream(remote: &Url) -> Self {
-        let mut hosts: Vec<String> = DOCKER_HUB_HOSTS.iter().map(|h| h.to_string()).collect();
-        if let Some(host) = remote.host_str() {
-            let host = match remote.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host.to_owned(),
-            };
+    /// The default upstream answers for Docker Hub's names and for its own host: `proxy:` is
+    /// Distribution's Docker Hub mirror section, and dockerd's `registry-mirrors` sends it
+    /// Docker Hub names, without `ns` before Docker 29 and with `ns=docker.io` since. Each of
+    /// `hosts` is a registry configured under `registries:`.
+    pub fn new(default_remote: &Url, hosts: impl IntoIterator<Item = String>) -> Self {
+        let mut by_host: HashMap<String, RegistryId> = default_hosts(default_remote)
+            .into_iter()
+            .map(|host| (host, RegistryId::Default))
+            .collect();
+        for host in hosts {
             let host = host.to_ascii_lowercase();
-            if !hosts.contains(&host) {
-                hosts.push(host);
-            }
+            by_host
+                .entry(host.clone())
+                .or_insert_with(|| RegistryId::Host(Arc::from(host)));
         }
-        MirroredRegistries { hosts }
+        MirroredRegistries { by_host }
     }
 
-    /// Whether `host` (from `ns` or a path prefix) names a registry this mirror serves.
-    pub fn serves(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.hosts.contains(&host)
+    /// The default upstream alone, as before `registries:` existed.
+    pub fn for_default_upstream(remote: &Url) -> Self {
+        Self::new(remote, [])
     }
 
-    /// Whether two host names mean one registry: the same name, or two names of the one
-    /// registry served (`docker.io` and `index.docker.io`).
-    pub fn same_registry(&self, a: &str, b: &str) -> bool {
-        a.eq_ignore_ascii_case(b) || (self.serves(a) && self.serves(b))
+    /// The registry `host` (from `ns` or a path prefix) names, if this mirror serves it.
+    pub fn lookup(&self, host: &str) -> Option<&RegistryId> {
+        self.by_host.get(&host.to_ascii_lowercase())
     }
 
-    /// The names served, for messages.
+    /// Every registry served, the default upstream first, each once.
+    pub fn registries(&self) -> Vec<RegistryId> {
+        let mut all: Vec<RegistryId> = self.by_host.values().cloned().collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The names served, sorted, for messages.
     pub fn describe(&self) -> String {
-        self.hosts.join(", ")
+        let mut hosts: Vec<&str> = self.by_host.keys().map(String::as_str).collect();
+        hosts.sort_unstable();
+        hosts.join(", ")
     }
 }
 
-/// Whether a repository path's first component names a registry rather than a namespace:
-/// Docker's reference grammar reads it as a host when it holds a `.` or a `:` or is
-/// `localhost` (Docker Hub namespaces hold neither).
-pub fn is_registry_host(component: &str) -> bool {
-    !component.is_empty()
-        && (component.contains('.') || component.contains(':') || component == "localhost")
+/// The host names that mean the default upstream: Docker Hub's and `remote`'s own.
+pub fn default_hosts(remote: &Url) -> Vec<String> {
+    let mut hosts: Vec<String> = DOCKER_HUB_HOSTS.iter().map(|h| h.to_string()).collect();
+    if let Some(host) = remote.host_str() {
+        let host = match remote.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let host = host.to_ascii_lowercase();
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::is_registry_host;
 
     #[test]
-    fn docker_hub_and_the_remote_host_are_served() {
-        let hub = MirroredRegistries::for_default_upstream(
+    fn docker_hub_and_the_remote_host_are_the_default_and_listed_hosts_are_their_own() {
+        let hub = MirroredRegistries::new(
             &Url::parse("https://registry-1.docker.io").unwrap(),
+            ["ghcr.io".to_owned(), "Quay.IO".to_owned()],
         );
         for host in [
             "docker.io",
@@ -78,18 +101,27 @@ mod tests {
             "index.docker.io",
             "registry-1.docker.io",
         ] {
-            assert!(hub.serves(host), "{host}");
+            assert_eq!(hub.lookup(host), Some(&RegistryId::Default), "{host}");
         }
-        for host in ["ghcr.io", "quay.io", "", "docker.io.evil", "127.0.0.1:5000"] {
-            assert!(!hub.serves(host), "{host}");
+        assert_eq!(
+            hub.lookup("GHCR.io"),
+            Some(&RegistryId::Host("ghcr.io".into()))
+        );
+        assert_eq!(
+            hub.lookup("quay.io"),
+            Some(&RegistryId::Host("quay.io".into()))
+        );
+        for host in ["registry.k8s.io", "", "docker.io.evil", "127.0.0.1:5000"] {
+            assert_eq!(hub.lookup(host), None, "{host}");
         }
+        assert_eq!(hub.registries().len(), 3);
         let local = MirroredRegistries::for_default_upstream(
             &Url::parse("http://127.0.0.1:5000/").unwrap(),
         );
-        assert!(local.serves("127.0.0.1:5000"));
-        assert!(local.serves("docker.io"));
-        assert!(!local.serves("127.0.0.1"));
-        assert!(!local.serves("ghcr.io"));
+        assert_eq!(local.lookup("127.0.0.1:5000"), Some(&RegistryId::Default));
+        assert_eq!(local.lookup("docker.io"), Some(&RegistryId::Default));
+        assert_eq!(local.lookup("127.0.0.1"), None);
+        assert_eq!(local.lookup("ghcr.io"), None);
     }
 
     #[test]

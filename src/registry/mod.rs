@@ -1,5 +1,5 @@
-//! Typed registry names: repository names, tags, digests, references and media types.
-//! Each type is parsed once at the edge; the rest of the code can trust it.
+//! Typed registry names: registries, repository names, tags, digests, references and media
+//! types. Each type is parsed once at the edge; the rest of the code can trust it.
 
 mod digest;
 mod manifest;
@@ -7,10 +7,12 @@ mod media_type;
 mod mirrored;
 mod name;
 mod reference;
+mod registry_id;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
 pub use manifest::{check_manifest, ManifestError};
 pub use media_type::{accepts, upstream_accept, DEFAULT_MANIFEST_ACCEPT};
-pub use mirrored::{is_registry_host, MirroredRegistries};
+pub use mirrored::{default_hosts, MirroredRegistries, DOCKER_HUB_HOSTS};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, Tag, TagError};
+pub use registry_id::{is_registry_host, RegistryId, DOCKER_HUB_NAME};

@@ -1,9 +1,21 @@
 use std::fmt;
 
-/// A repository name as the OCI distribution spec defines it, normalised the way Docker Hub
-/// expects: a one-segment name such as `alpine` means `library/alpine`.
+use super::registry_id::{is_registry_host, RegistryId};
+
+/// A repository name as the OCI distribution spec defines it, with the registry it belongs
+/// to. For the default upstream it is normalised the way Docker Hub expects (a one-segment
+/// name such as `alpine` means `library/alpine`); other registries' names are kept as sent.
+///
+/// The name this mirror shows (`as_str`: storage, catalog, logs, access patterns) is the
+/// registry's host followed by the name upstream knows (`path`), except for the default
+/// upstream, whose names are shown as they always were: `library/alpine`, `ghcr.io/owner/app`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RepoName(String);
+pub struct RepoName {
+    registry: RegistryId,
+    full: String,
+    /// Where the name upstream knows starts in `full`.
+    path_start: usize,
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
@@ -11,30 +23,64 @@ pub enum NameError {
     TooLong(String),
     #[error("repository name {0:?} is invalid: each path component must be lowercase letters and digits, optionally separated by '.', '_', '__' or dashes")]
     BadComponent(String),
+    #[error("repository name {0:?} starts with what reads as a registry host; name that registry with ?ns= or as the first path segment")]
+    LooksLikeRegistry(String),
 }
 
 /// Distribution refuses names longer than this, and so do we.
 const MAX_NAME_LEN: usize = 255;
 
 impl RepoName {
-    /// Parses a name from a request path and applies Docker Hub's `library/` rule.
+    /// Parses a name of the default upstream (Docker Hub's role) from a request path.
     pub fn parse(raw: &str) -> Result<Self, NameError> {
+        Self::parse_in(&RegistryId::Default, raw)
+    }
+
+    /// Parses a name of `registry` from a request path; Docker Hub's `library/` rule applies
+    /// to the default upstream only.
+    pub fn parse_in(registry: &RegistryId, raw: &str) -> Result<Self, NameError> {
         if raw.is_empty() || !raw.split('/').all(is_valid_component) {
             return Err(NameError::BadComponent(raw.to_owned()));
         }
-        let normalised = if raw.contains('/') {
-            raw.to_owned()
-        } else {
-            format!("library/{raw}")
+        let (full, path_start) = match registry {
+            RegistryId::Default => {
+                // Such a name would share a storage folder with that registry's names, and
+                // no Docker client can send it without it being read as the registry.
+                let first = raw.split('/').next().unwrap_or_default();
+                if raw.contains('/') && is_registry_host(first) {
+                    return Err(NameError::LooksLikeRegistry(raw.to_owned()));
+                }
+                let normalised = if raw.contains('/') {
+                    raw.to_owned()
+                } else {
+                    format!("library/{raw}")
+                };
+                (normalised, 0)
+            }
+            RegistryId::Host(host) => (format!("{host}/{raw}"), host.len() + 1),
         };
-        if normalised.len() > MAX_NAME_LEN {
+        if full.len() - path_start > MAX_NAME_LEN {
             return Err(NameError::TooLong(raw.to_owned()));
         }
-        Ok(RepoName(normalised))
+        Ok(RepoName {
+            registry: registry.clone(),
+            full,
+            path_start,
+        })
     }
 
+    /// The name this mirror shows: `library/alpine`, `ghcr.io/owner/app`.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.full
+    }
+
+    /// The name upstream knows: `library/alpine`, `owner/app`.
+    pub fn path(&self) -> &str {
+        &self.full[self.path_start..]
+    }
+
+    pub fn registry(&self) -> &RegistryId {
+        &self.registry
     }
 }
 
@@ -68,7 +114,7 @@ fn is_valid_component(component: &str) -> bool {
 
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.full)
     }
 }
 
@@ -99,6 +145,34 @@ mod tests {
                 "{input}"
             );
         }
+    }
+
+    #[test]
+    fn other_registries_keep_their_names_and_show_their_host() {
+        let ghcr = RegistryId::Host("ghcr.io".into());
+        let name = RepoName::parse_in(&ghcr, "alpine").unwrap();
+        assert_eq!((name.as_str(), name.path()), ("ghcr.io/alpine", "alpine"));
+        let name = RepoName::parse_in(&ghcr, "owner/app").unwrap();
+        assert_eq!(
+            (name.as_str(), name.path()),
+            ("ghcr.io/owner/app", "owner/app")
+        );
+        let hub = RepoName::parse("owner/app").unwrap();
+        assert_ne!(name, hub);
+        assert_eq!(hub.path(), hub.as_str());
+        // A registry's name may itself start with something host-like; the default's may not,
+        // or it would share storage with that registry's names.
+        assert!(RepoName::parse_in(&ghcr, "quay.io/x").is_ok());
+        for raw in ["ghcr.io/x", "localhost/x"] {
+            assert!(
+                matches!(RepoName::parse(raw), Err(NameError::LooksLikeRegistry(_))),
+                "{raw}"
+            );
+        }
+        assert!(
+            RepoName::parse("my.app").is_ok(),
+            "one segment is library/my.app"
+        );
     }
 
     #[test]
@@ -148,6 +222,10 @@ mod properties {
             components in proptest::collection::vec(component(), 1..5)
         ) {
             let raw = components.join("/");
+            if components.len() > 1 && components[0].contains('.') {
+                prop_assert_eq!(RepoName::parse(&raw), Err(NameError::LooksLikeRegistry(raw.clone())));
+                return Ok(());
+            }
             let name = RepoName::parse(&raw).unwrap();
             if components.len() == 1 {
                 prop_assert_eq!(name.as_str(), format!("library/{raw}"));

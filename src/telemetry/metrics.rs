@@ -26,6 +26,7 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
+    registry: String,
     kind: &'static str,
     outcome: &'static str,
 }
@@ -37,10 +38,30 @@ struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
+    registry: String,
     kind: &'static str,
     method: String,
     /// The HTTP status, or `error` when no answer came (refused, timed out, broke off).
     status: String,
+}
+
+/// The registry an upstream figure is about: `docker.io` for the default upstream, else the
+/// host clients name it by.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    registry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryKindLabels {
+    registry: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryOutcomeLabels {
+    registry: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,11 +72,6 @@ struct SourceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
 }
 
 /// cistern's counters and gauges. Cloning shares them.
@@ -69,13 +85,13 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
     served_bytes: Family<SourceLabels, Counter>,
-    upstream_bytes: Counter,
+    upstream_bytes: Family<RegistryLabels, Counter>,
     upstream_requests: Family<UpstreamLabels, Counter>,
-    token_fetches: Family<OutcomeLabels, Counter>,
+    token_fetches: Family<RegistryOutcomeLabels, Counter>,
     fills_in_flight: Gauge,
-    stale_serves: Family<KindLabels, Counter>,
-    rate_limit_limit: Gauge<i64, AtomicI64>,
-    rate_limit_remaining: Gauge<i64, AtomicI64>,
+    stale_serves: Family<RegistryKindLabels, Counter>,
+    rate_limit_limit: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
+    rate_limit_remaining: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
     storage_errors: Family<OperationLabels, Counter>,
     cut_short: Family<KindLabels, Counter>,
 }
@@ -94,19 +110,17 @@ impl Metrics {
             requests: registered(r, "requests", "Requests answered, by endpoint, method and status"),
             cache: registered(r, "cache_requests", "Manifest and blob requests by how the cache answered: hit (storage only), miss (fetched upstream), joined (an in-progress fill), revalidated (tag checked with a HEAD), stale (upstream failed, cached copy served)"),
             served_bytes: registered(r, "served_bytes", "Body bytes sent to clients, by where they came from (cache or upstream)"),
-            upstream_bytes: registered(r, "upstream_fetched_bytes", "Bytes received from upstream (blob and manifest bodies)"),
-            upstream_requests: registered(r, "upstream_requests", "HTTP requests sent upstream, by kind, method and status"),
-            token_fetches: registered(r, "upstream_token_fetches", "Tokens fetched from upstream's auth server, by outcome"),
+            upstream_bytes: registered(r, "upstream_fetched_bytes", "Bytes received from upstream (blob and manifest bodies), by registry"),
+            upstream_requests: registered(r, "upstream_requests", "HTTP requests sent upstream, by registry, kind, method and status"),
+            token_fetches: registered(r, "upstream_token_fetches", "Tokens fetched from upstream auth servers, by registry and outcome"),
             fills_in_flight: registered(r, "fills_in_flight", "Blobs being fetched from upstream right now"),
-            stale_serves: registered(r, "stale_serves", "Cached tags served because upstream failed to revalidate them"),
-            rate_limit_limit: registered(r, "upstream_ratelimit_limit", "Docker Hub's ratelimit-limit, as last reported (-1 before any report)"),
-            rate_limit_remaining: registered(r, "upstream_ratelimit_remaining", "Docker Hub's ratelimit-remaining, as last reported (-1 before any report)"),
+            stale_serves: registered(r, "stale_serves", "Cached tags served because upstream failed to revalidate them, by registry"),
+            rate_limit_limit: registered(r, "upstream_ratelimit_limit", "The registry's ratelimit-limit (Docker Hub's pull quota), as last reported (-1 before any report)"),
+            rate_limit_remaining: registered(r, "upstream_ratelimit_remaining", "The registry's ratelimit-remaining (Docker Hub's pull quota), as last reported (-1 before any report)"),
             storage_errors: registered(r, "storage_errors", "Storage operations that failed, by where (request, fill, health)"),
             cut_short: registered(r, "responses_cut_short", "Responses whose body stopped before its end (the client went away or the stream failed), by endpoint"),
             registry,
         };
-        inner.rate_limit_limit.set(-1);
-        inner.rate_limit_remaining.set(-1);
         Metrics {
             inner: Arc::new(inner),
         }
@@ -124,11 +138,12 @@ impl Metrics {
             .inc();
     }
 
-    /// How the cache answered one manifest or blob request.
-    pub fn cache_outcome(&self, kind: &'static str, outcome: Outcome) {
+    /// How the cache answered one manifest or blob request for `registry`.
+    pub fn cache_outcome(&self, registry: &str, kind: &'static str, outcome: Outcome) {
         self.inner
             .cache
             .get_or_create(&CacheLabels {
+                registry: registry.to_owned(),
                 kind,
                 outcome: outcome.label(),
             })
@@ -136,7 +151,10 @@ impl Metrics {
         if outcome == Outcome::Stale {
             self.inner
                 .stale_serves
-                .get_or_create(&KindLabels { kind })
+                .get_or_create(&RegistryKindLabels {
+                    registry: registry.to_owned(),
+                    kind,
+                })
                 .inc();
         }
     }
@@ -153,15 +171,27 @@ impl Metrics {
             .inc_by(bytes);
     }
 
-    pub fn upstream_bytes(&self, bytes: u64) {
-        self.inner.upstream_bytes.inc_by(bytes);
+    pub fn upstream_bytes(&self, registry: &str, bytes: u64) {
+        self.inner
+            .upstream_bytes
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_owned(),
+            })
+            .inc_by(bytes);
     }
 
-    /// One HTTP request sent upstream; `status` None when no answer came.
-    pub fn upstream_request(&self, kind: &'static str, method: &http::Method, status: Option<u16>) {
+    /// One HTTP request sent to `registry`'s upstream; `status` None when no answer came.
+    pub fn upstream_request(
+        &self,
+        registry: &str,
+        kind: &'static str,
+        method: &http::Method,
+        status: Option<u16>,
+    ) {
         self.inner
             .upstream_requests
             .get_or_create(&UpstreamLabels {
+                registry: registry.to_owned(),
                 kind,
                 method: method.as_str().to_owned(),
                 status: status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
@@ -169,11 +199,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn token_fetch(&self, ok: bool) {
+    pub fn token_fetch(&self, registry: &str, ok: bool) {
         let outcome = if ok { "issued" } else { "failed" };
         self.inner
             .token_fetches
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&RegistryOutcomeLabels {
+                registry: registry.to_owned(),
+                outcome,
+            })
             .inc();
     }
 
@@ -190,10 +223,20 @@ impl Metrics {
             .inc();
     }
 
-    /// Records the pull quota upstream last reported.
-    pub fn rate_limit(&self, limit: u64, remaining: u64) {
-        self.inner.rate_limit_limit.set(limit as i64);
-        self.inner.rate_limit_remaining.set(remaining as i64);
+    /// Records the pull quota `registry` last reported; None before any report.
+    pub fn rate_limit(&self, registry: &str, quota: Option<(u64, u64)>) {
+        let (limit, remaining) = quota.map_or((-1, -1), |(l, r)| (l as i64, r as i64));
+        let labels = RegistryLabels {
+            registry: registry.to_owned(),
+        };
+        self.inner
+            .rate_limit_limit
+            .get_or_create(&labels)
+            .set(limit);
+        self.inner
+            .rate_limit_remaining
+            .get_or_create(&labels)
+            .set(remaining);
     }
 
     /// A response body that stopped before its end.

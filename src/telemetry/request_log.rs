@@ -19,6 +19,7 @@ use super::request_id::{self, RequestId};
 use super::Metrics;
 use crate::api::ErrorMessage;
 use crate::cache::Outcome;
+use crate::registry::RegistryId;
 
 /// Which endpoint answered, set on the response by the dispatcher.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +70,7 @@ pub async fn log_requests(
         path,
         status: response.status().as_u16(),
         endpoint: extensions.get::<EndpointLabel>().map_or("other", |e| e.0),
+        registry: extensions.get::<RegistryId>().cloned(),
         outcome: extensions.get::<Outcome>().copied(),
         error: extensions.get::<ErrorMessage>().map(|e| e.0.clone()),
         storage_failed: extensions.get::<StorageFailed>().is_some(),
@@ -104,6 +106,8 @@ struct LogLine {
     path: String,
     status: u16,
     endpoint: &'static str,
+    /// The registry of the repository asked for, if the request named one.
+    registry: Option<RegistryId>,
     outcome: Option<Outcome>,
     error: Option<String>,
     storage_failed: bool,
@@ -120,7 +124,8 @@ impl LogLine {
         let metrics = &self.metrics;
         metrics.request(self.endpoint, &self.method, self.status);
         if let (Some(outcome), "manifest" | "blob") = (self.outcome, self.endpoint) {
-            metrics.cache_outcome(self.endpoint, outcome);
+            let registry = self.registry.as_ref().map_or("-", RegistryId::name);
+            metrics.cache_outcome(registry, self.endpoint, outcome);
         }
         metrics.served(self.outcome, self.bytes);
         if self.storage_failed {
@@ -128,6 +133,7 @@ impl LogLine {
         }
         let elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let outcome = self.outcome.map_or("-", Outcome::label);
+        let registry = self.registry.as_ref().map_or("-", RegistryId::name);
         let client = self.client.map(|c| c.ip().to_string()).unwrap_or_default();
         let (id, method, path, status, bytes) = (
             &self.id.0,
@@ -143,19 +149,19 @@ impl LogLine {
         match &self.error {
             Some(error) if status >= 500 => tracing::error!(
                 request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
-                cache = outcome, %error, "request failed"
+                registry, cache = outcome, %error, "request failed"
             ),
             Some(error) => tracing::info!(
                 request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
-                cache = outcome, %error, "request refused"
+                registry, cache = outcome, %error, "request refused"
             ),
             None if !complete && method != Method::HEAD => tracing::warn!(
                 request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
-                cache = outcome, "response cut short (the client went away or the stream failed)"
+                registry, cache = outcome, "response cut short (the client went away or the stream failed)"
             ),
             None => tracing::info!(
                 request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
-                cache = outcome, "request"
+                registry, cache = outcome, "request"
             ),
         }
     }

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::config::{Credentials, ProxyConfig};
-use crate::registry::{check_manifest, Digest, Reference, RepoName};
+use crate::registry::{check_manifest, Digest, Reference, RegistryId, RepoName};
 use crate::telemetry::Metrics;
 use body::read_at_most;
 pub use challenge::Challenge;
@@ -70,6 +70,8 @@ enum Probe {
 }
 
 pub struct Upstream {
+    /// Which registry this client talks to, for metrics and logs.
+    registry: RegistryId,
     http: reqwest::Client,
     base: Url,
     credentials: Option<Credentials>,
@@ -92,7 +94,12 @@ pub enum Resumed {
 }
 
 impl Upstream {
-    pub fn new(config: &ProxyConfig, metrics: Metrics) -> Result<Self, UpstreamError> {
+    /// The client for `registry`, whose upstream `config` describes.
+    pub fn new(
+        registry: RegistryId,
+        config: &ProxyConfig,
+        metrics: Metrics,
+    ) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -101,11 +108,12 @@ impl Upstream {
             .build()
             .map_err(|e| UpstreamError::unreachable(config.remote_url.as_str(), e))?;
         Ok(Upstream {
+            tokens: TokenCache::new(metrics.clone(), registry.name()),
+            registry,
             http,
             base: config.remote_url.clone(),
             credentials: config.credentials.clone(),
             challenge: RwLock::new(Probe::NotYet),
-            tokens: TokenCache::new(metrics.clone()),
             fetches: Arc::new(Semaphore::new(config.max_fetches)),
             rate_limit: RateLimit::default(),
             metrics,
@@ -126,14 +134,19 @@ impl Upstream {
         &self.rate_limit
     }
 
+    pub fn registry(&self) -> &RegistryId {
+        &self.registry
+    }
+
     pub fn base_url(&self) -> &Url {
         &self.base
     }
 
     fn url(&self, repo: &RepoName, tail: &str) -> String {
         format!(
-            "{}/v2/{repo}/{tail}",
-            self.base.as_str().trim_end_matches('/')
+            "{}/v2/{}/{tail}",
+            self.base.as_str().trim_end_matches('/'),
+            repo.path()
         )
     }
 
@@ -271,7 +284,7 @@ impl Upstream {
         headers: HeaderMap,
         metadata: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let scope = format!("repository:{repo}:pull");
+        let scope = format!("repository:{}:pull", repo.path());
         let known = self.known_challenge().await;
         let mut authorization = match &known {
             Some(challenge) => self.authorization(challenge, &scope, false).await?,
@@ -306,7 +319,8 @@ impl Upstream {
                     .await?;
             }
         }
-        self.rate_limit.observe(response.headers(), url);
+        self.rate_limit
+            .observe(response.headers(), self.registry.name(), url);
         Ok(response)
     }
 
@@ -327,7 +341,7 @@ impl Upstream {
         let sent = self.http.get(&url).timeout(METADATA_TIMEOUT).send().await;
         let status = sent.as_ref().ok().map(|r| r.status().as_u16());
         self.metrics
-            .upstream_request("version-check", &Method::GET, status);
+            .upstream_request(self.registry.name(), "version-check", &Method::GET, status);
         let response = sent.ok()?;
         let learnt = match response.status() {
             StatusCode::UNAUTHORIZED => response
@@ -412,7 +426,7 @@ impl Upstream {
             let sent = request.send().await;
             let status = sent.as_ref().ok().map(|r| r.status().as_u16());
             self.metrics
-                .upstream_request(request_kind(url), method, status);
+                .upstream_request(self.registry.name(), request_kind(url), method, status);
             let response = sent.map_err(|e| UpstreamError::unreachable(current.as_str(), e))?;
             if response.status() == StatusCode::UNAUTHORIZED && !same_origin(&current, &self.base) {
                 // Only the configured upstream's own challenge is answered: one from wherever it

@@ -63,7 +63,7 @@ fn parse(value: &str) -> Option<(u64, Option<u64>)> {
 
 impl RateLimit {
     /// Records the quota a response reports, warning (naming `url`) when it runs low.
-    pub fn observe(&self, headers: &HeaderMap, url: &str) {
+    pub fn observe(&self, headers: &HeaderMap, registry: &str, url: &str) {
         let Some(quota) = Quota::from_headers(headers) else {
             return;
         };
@@ -71,6 +71,7 @@ impl RateLimit {
         self.remaining.store(quota.remaining, Ordering::Relaxed);
         if quota.is_low() {
             tracing::warn!(
+                registry,
                 url = %url.split('?').next().unwrap_or(url),
                 limit = quota.limit,
                 remaining = quota.remaining,
@@ -127,9 +128,13 @@ mod tests {
         assert_eq!(Quota::from_headers(&HeaderMap::new()), None);
         assert_eq!(Quota::from_headers(&headers("lots", "76")), None);
         let rate = RateLimit::default();
-        rate.observe(&headers("x", "y"), "https://r/v2/");
+        rate.observe(&headers("x", "y"), "docker.io", "https://r/v2/");
         assert_eq!(rate.latest(), None);
-        rate.observe(&headers("100;w=21600", "5;w=21600"), "https://r/v2/");
+        rate.observe(
+            &headers("100;w=21600", "5;w=21600"),
+            "docker.io",
+            "https://r/v2/",
+        );
         assert_eq!(rate.latest(), Some((100, 5)));
     }
 }

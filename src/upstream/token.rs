@@ -58,13 +58,16 @@ type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 pub struct TokenCache {
     slots: Mutex<HashMap<String, Slot>>,
     metrics: Metrics,
+    /// The registry whose tokens these are, for the metrics.
+    registry: String,
 }
 
 impl TokenCache {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, registry: &str) -> Self {
         TokenCache {
             slots: Mutex::default(),
             metrics,
+            registry: registry.to_owned(),
         }
     }
 
@@ -92,7 +95,7 @@ impl TokenCache {
             }
         }
         let fetched = fetch(http, credentials, realm, service, scope).await;
-        self.metrics.token_fetch(fetched.is_ok());
+        self.metrics.token_fetch(&self.registry, fetched.is_ok());
         let fresh = fetched?;
         let token = fresh.token.clone();
         *cached = Some(fresh);

@@ -36,10 +36,8 @@ async fn expect_metrics(mirror: &Mirror, expected: &[(&str, f64)]) -> Metrics {
 const MANIFEST_GETS: &str =
     r#"cistern_requests_total{endpoint="manifest",method="GET",status="200"}"#;
 const BLOB_GETS: &str = r#"cistern_requests_total{endpoint="blob",method="GET",status="200"}"#;
-const UPSTREAM_MANIFEST_GETS: &str =
-    r#"cistern_upstream_requests_total{kind="manifest",method="GET",status="200"}"#;
-const UPSTREAM_BLOB_GETS: &str =
-    r#"cistern_upstream_requests_total{kind="blob",method="GET",status="200"}"#;
+const UPSTREAM_MANIFEST_GETS: &str = r#"cistern_upstream_requests_total{registry="docker.io",kind="manifest",method="GET",status="200"}"#;
+const UPSTREAM_BLOB_GETS: &str = r#"cistern_upstream_requests_total{registry="docker.io",kind="blob",method="GET",status="200"}"#;
 
 #[tokio::test]
 async fn metrics_move_as_pulls_happen() {
@@ -60,7 +58,10 @@ async fn metrics_move_as_pulls_happen() {
         "{}",
         before.0
     );
-    assert_eq!(before.value("cistern_upstream_ratelimit_remaining"), -1.0);
+    assert_eq!(
+        before.value(r#"cistern_upstream_ratelimit_remaining{registry="docker.io"}"#),
+        -1.0
+    );
 
     let cold = mirror.pull("library/busybox", "latest").await;
     let total = cold.iter().map(|(_, bytes)| bytes.len()).sum::<usize>() as f64;
@@ -70,24 +71,24 @@ async fn metrics_move_as_pulls_happen() {
             (MANIFEST_GETS, 1.0),
             (BLOB_GETS, 3.0),
             (
-                r#"cistern_cache_requests_total{kind="manifest",outcome="miss"}"#,
+                r#"cistern_cache_requests_total{registry="docker.io",kind="manifest",outcome="miss"}"#,
                 1.0,
             ),
             (
-                r#"cistern_cache_requests_total{kind="blob",outcome="miss"}"#,
+                r#"cistern_cache_requests_total{registry="docker.io",kind="blob",outcome="miss"}"#,
                 3.0,
             ),
             (UPSTREAM_MANIFEST_GETS, 1.0),
             (UPSTREAM_BLOB_GETS, 3.0),
-            ("cistern_upstream_fetched_bytes_total", total),
+            (r#"cistern_upstream_fetched_bytes_total{registry="docker.io"}"#, total),
             (r#"cistern_served_bytes_total{source="upstream"}"#, total),
             (r#"cistern_served_bytes_total{source="cache"}"#, 0.0),
             (
-                r#"cistern_upstream_token_fetches_total{outcome="issued"}"#,
+                r#"cistern_upstream_token_fetches_total{registry="docker.io",outcome="issued"}"#,
                 1.0,
             ),
-            ("cistern_upstream_ratelimit_limit", 100.0),
-            ("cistern_upstream_ratelimit_remaining", 59.0),
+            (r#"cistern_upstream_ratelimit_limit{registry="docker.io"}"#, 100.0),
+            (r#"cistern_upstream_ratelimit_remaining{registry="docker.io"}"#, 59.0),
             ("cistern_fills_in_flight", 0.0),
         ],
     )
@@ -101,17 +102,17 @@ async fn metrics_move_as_pulls_happen() {
             (MANIFEST_GETS, 2.0),
             (BLOB_GETS, 6.0),
             (
-                r#"cistern_cache_requests_total{kind="manifest",outcome="hit"}"#,
+                r#"cistern_cache_requests_total{registry="docker.io",kind="manifest",outcome="hit"}"#,
                 1.0,
             ),
             (
-                r#"cistern_cache_requests_total{kind="blob",outcome="hit"}"#,
+                r#"cistern_cache_requests_total{registry="docker.io",kind="blob",outcome="hit"}"#,
                 3.0,
             ),
             (r#"cistern_served_bytes_total{source="cache"}"#, total),
             (UPSTREAM_MANIFEST_GETS, 1.0),
             (UPSTREAM_BLOB_GETS, 3.0),
-            ("cistern_upstream_fetched_bytes_total", total),
+            (r#"cistern_upstream_fetched_bytes_total{registry="docker.io"}"#, total),
         ],
     )
     .await;
@@ -156,20 +157,19 @@ async fn a_start_without_upstream_serves_the_cache_and_counts_stale_serves() {
         &offline,
         &[
             (MANIFEST_GETS, 1.0),
-            (r#"cistern_stale_serves_total{kind="manifest"}"#, 1.0),
+            (r#"cistern_stale_serves_total{registry="docker.io",kind="manifest"}"#, 1.0),
             (
-                r#"cistern_cache_requests_total{kind="manifest",outcome="stale"}"#,
+                r#"cistern_cache_requests_total{registry="docker.io",kind="manifest",outcome="stale"}"#,
                 1.0,
             ),
             (
-                r#"cistern_cache_requests_total{kind="blob",outcome="hit"}"#,
+                r#"cistern_cache_requests_total{registry="docker.io",kind="blob",outcome="hit"}"#,
                 3.0,
             ),
         ],
     )
     .await;
-    let failed_heads =
-        r#"cistern_upstream_requests_total{kind="manifest",method="HEAD",status="error"}"#;
+    let failed_heads = r#"cistern_upstream_requests_total{registry="docker.io",kind="manifest",method="HEAD",status="error"}"#;
     assert!(m.value(failed_heads) >= 1.0, "{}", m.0);
 }
 

@@ -114,7 +114,7 @@ impl FillTask {
                 publisher.publish(|p| p.state = FillState::Verified);
             }
             Err(e) => {
-                tracing::warn!(repository = %self.repo, digest = %self.digest, error = %e, "blob fill failed; nothing was cached");
+                tracing::warn!(registry = %self.repo.registry(), repository = %self.repo, digest = %self.digest, error = %e, "blob fill failed; nothing was cached");
                 if let Some(upload) = self.upload.take() {
                     upload.abort().await;
                 }
@@ -299,7 +299,9 @@ impl FillTask {
                     self.spool_error(std::io::Error::other("the spool writer stopped")),
                 ));
             }
-            self.inputs.metrics.upstream_bytes(len);
+            self.inputs
+                .metrics
+                .upstream_bytes(self.repo.registry().name(), len);
             *received += len;
             self.check_rate()?;
         }
@@ -357,7 +359,7 @@ impl FillTask {
         } = self.phases;
         match committed {
             Ok(()) => {
-                tracing::info!(repository = %self.repo, digest = %self.digest, size, download_ms, drain_ms, store_ms, "cached blob")
+                tracing::info!(registry = %self.repo.registry(), repository = %self.repo, digest = %self.digest, size, download_ms, drain_ms, store_ms, "cached blob")
             }
             Err(e) => {
                 self.inputs.metrics.storage_error("fill");

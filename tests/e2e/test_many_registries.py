@@ -70,10 +70,16 @@ def registries(hub):
                "quay.io": Registry("quay.io", quay), "unlisted": Registry(unlisted.registry_host, unlisted)}
         apps = [r.image("owner/app", "1.0") for r in out.values()]
         assert len({app["digest"] for app in apps}) == 4, "each registry holds a different owner/app:1.0"
-        shared = set.intersection(*({layer["digest"] for layer in app["platforms"]["linux/amd64"]["layers"]}
-                                    for app in apps))
-        assert len(shared) == 1, "and all of them share one base layer"
+        assert shared_base_layer(out), "and all of them share one base layer"
         yield out
+
+
+def shared_base_layer(registries) -> str:
+    """The one layer every registry's owner/app:1.0 has (same bytes, same digest)."""
+    layers = [{layer["digest"] for layer in r.image("owner/app", "1.0")["platforms"]["linux/amd64"]["layers"]}
+              for r in registries.values()]
+    (shared,) = set.intersection(*layers)
+    return shared
 
 
 class Upstreams:
@@ -126,6 +132,7 @@ def check_cold_pull(registries, upstreams: Upstreams, host: str, repository: str
     if client_has is not None:
         client_has.update(own)
     assert all(e["status"] == 200 for e in entries), entries
+    return entries
 
 
 def check_metrics_match_access_logs(cistern: Mirror, registries, before: dict[str, float], upstreams: Upstreams):
@@ -285,6 +292,8 @@ def direct_digest(direct, key) -> str:
 
 def test_skopeo_path_prefix_copies_each_registrys_image_byte_exact(skopeo_setup, registries, tmp_path):
     cistern, conf, direct = skopeo_setup
+    base = shared_base_layer(registries)
+    base_requests = []
     measured = []
     for key in PULLS:
         host, repository, tag = key
@@ -292,10 +301,14 @@ def test_skopeo_path_prefix_copies_each_registrys_image_byte_exact(skopeo_setup,
         upstreams = Upstreams(registries)
         before = upstream_metrics(cistern, registries)
         copy_and_compare(conf, direct, key, str(tmp_path / f"{host}_{repository.replace('/', '_')}"))
-        check_cold_pull(registries, upstreams, host, repository, tag, None, None)  # --all: every platform
+        entries = check_cold_pull(registries, upstreams, host, repository, tag, None, None)  # --all: all platforms
+        base_requests += [(host, e["method"]) for e in entries if e["kind"] == "blob" and e["reference"] == base]
         check_metrics_match_access_logs(cistern, registries, before, upstreams)
         measured.append((f"{host}/{repository}:{tag}", upstreams.totals()))
     measure("skopeo", "cold", measured)
+    # The base layer all owner/app images share is downloaded once and stored once; every other
+    # registry is still asked to confirm it holds it before cistern serves it under that registry.
+    assert base_requests == [("docker.io", "GET"), ("ghcr.io", "HEAD"), ("quay.io", "HEAD")], base_requests
     # skopeo names the registry as the first path segment, never with ns
     paths = re.findall(r"path=(/v2/\S+)", cistern.log_text())
     assert any(p.startswith("/v2/ghcr.io/owner/app/manifests/") for p in paths), paths
@@ -372,3 +385,15 @@ def test_dockerd_warm_pulls_cost_no_upstream_request(dockerd_setup, registries):
         assert upstreams.totals() == dict.fromkeys(registries, 0), (host, repository, upstreams.totals())
     measure("dockerd", "warm", measured)
     check_docker_images(docker, cistern, registries)
+
+
+def test_dockerd_rewritten_name_of_an_unlisted_registry_is_refused(dockerd_setup, registries):
+    """No fallback for a rewritten name: the mirror is the registry dockerd talks to."""
+    cistern, docker = dockerd_setup
+    upstreams = Upstreams(registries)
+    before = cistern.metric_sum(UPSTREAM_REQUESTS)
+    result = docker.docker("pull", f"{cistern.host}/unlisted.example/owner/app:1.0", capture=True, check=False)
+    assert result.returncode != 0
+    assert "registry unlisted.example is not mirrored here" in result.stderr, result.stderr
+    assert cistern.metric_sum(UPSTREAM_REQUESTS) == before
+    assert upstreams.totals() == dict.fromkeys(registries, 0), upstreams.totals()

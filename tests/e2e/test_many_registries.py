@@ -97,10 +97,9 @@ class Upstreams:
     def totals(self) -> dict[str, int]:
         return {host: len(counter.entries()) for host, counter in self.counters.items()}
 
-
-def registry_label(registries, host):
-    """The `registry` label of cistern's metrics: the host as clients name it."""
-    return registries[host].host
+    def snapshot(self) -> dict[str, collections.Counter]:
+        """{host: requests by kind} so far."""
+        return {host: counter.by_kind() for host, counter in self.counters.items()}
 
 
 def check_cold_pull(registries, upstreams: Upstreams, host: str, repository: str, tag: str, platforms,
@@ -135,24 +134,37 @@ def check_cold_pull(registries, upstreams: Upstreams, host: str, repository: str
     return entries
 
 
+def upstream_metrics(cistern: Mirror, registries) -> dict[str, float]:
+    """cistern_upstream_requests_total by its `registry` label (the host as clients name it)."""
+    return {host: cistern.metric_sum(UPSTREAM_REQUESTS, registry=r.host) for host, r in registries.items()}
+
+
 def check_metrics_match_access_logs(cistern: Mirror, registries, before: dict[str, float], upstreams: Upstreams):
     """cistern_upstream_requests_total{registry} moved as much as each registry's access log."""
-    for host in registries:
-        label = registry_label(registries, host)
-        moved = cistern.metric_sum(UPSTREAM_REQUESTS, registry=label) - before.get(label, 0)
-        assert moved == upstreams.totals()[host], (host, moved, upstreams.totals())
+    after = upstream_metrics(cistern, registries)
+    moved = {host: after[host] - before[host] for host in registries}
+    assert moved == upstreams.totals(), (moved, upstreams.totals())
 
 
-def upstream_metrics(cistern: Mirror, registries) -> dict[str, float]:
-    return {registry_label(registries, h): cistern.metric_sum(UPSTREAM_REQUESTS, registry=registry_label(registries, h))
-            for h in registries}
+def measure(client: str, phase: str, per_pull: list[tuple[str, dict[str, collections.Counter]]]):
+    """One line per pull (Upstreams.snapshot() after it): requests each upstream registry received."""
+    for ref, kinds in per_pull:
+        counts = ", ".join(f"{host}={sum(v.values())}" for host, v in kinds.items() if host != "unlisted")
+        detail = "; ".join(f"{host}: " + ", ".join(f"{k} {n}" for k, n in sorted(v.items()))
+                           for host, v in kinds.items() if v)
+        MEASUREMENTS.append(f"upstream requests, {client:10s} {phase:4s} {ref:36s} {counts}"
+                            + (f"  ({detail})" if detail else ""))
 
 
-def measure(client: str, phase: str, per_pull: list[tuple[str, dict[str, int]]]):
-    """One line per pull: how many requests each upstream registry received."""
-    for ref, totals in per_pull:
-        counts = ", ".join(f"{host}={n}" for host, n in totals.items() if host != "unlisted")
-        MEASUREMENTS.append(f"upstream requests, {client:10s} {phase:4s} {ref:40s} {counts}")
+def mirror_for(cistern_bin, hub, registries) -> Mirror:
+    """A cold cistern: Docker Hub as the default upstream, ghcr.io and quay.io listed."""
+    ghcr, quay = registries["ghcr.io"].standin, registries["quay.io"].standin
+    config = {"registries": {
+        "ghcr.io": {"remoteurl": ghcr.registry_url, "username": GHCR_CREDENTIALS[0],
+                    "password": GHCR_CREDENTIALS[1]},
+        "quay.io": {"remoteurl": quay.registry_url},
+    }}
+    return Mirror.cistern(cistern_bin, hub.registry_url, credentials=(hub.user, hub.password), extra_config=config)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,16 +180,6 @@ def containerd_setup(cistern_bin, hub, registries):
         node.use_mirror_for_every_registry(cistern.host)
         yield cistern, node
 
-
-def mirror_for(cistern_bin, hub, registries) -> Mirror:
-    """A cold cistern: Docker Hub as the default upstream, ghcr.io and quay.io listed."""
-    ghcr, quay = registries["ghcr.io"].standin, registries["quay.io"].standin
-    config = {"registries": {
-        "ghcr.io": {"remoteurl": ghcr.registry_url, "username": GHCR_CREDENTIALS[0],
-                    "password": GHCR_CREDENTIALS[1]},
-        "quay.io": {"remoteurl": quay.registry_url},
-    }}
-    return Mirror.cistern(cistern_bin, hub.registry_url, credentials=(hub.user, hub.password), extra_config=config)
 
 
 def test_containerd_default_hosts_pulls_each_registrys_own_image(containerd_setup, registries, hub):
@@ -195,17 +197,19 @@ def test_containerd_default_hosts_pulls_each_registrys_own_image(containerd_setu
         # containerd resolves the tag with HEAD; cistern asks upstream with one HEAD
         assert upstreams.by_kind(host)["HEAD manifest"] == 1, upstreams.entries(host)
         check_metrics_match_access_logs(cistern, registries, before, upstreams)
-        measured.append((f"{host}/{repository}:{tag}", upstreams.totals()))
+        measured.append((f"{host}/{repository}:{tag}", upstreams.snapshot()))
     measure("containerd", "cold", measured)
 
     digests = node.image_digests()
     for host, repository, tag in PULLS:
         assert digests[f"{host}/{repository}:{tag}"] == registries[host].image(repository, tag)["digest"]
 
-    # containerd 1.6.20 names the registry in every request it sends the mirror
-    paths = re.findall(r"path=(/v2/\S+)", cistern.log_text())
-    for host in ("docker.io", "ghcr.io", "quay.io"):
-        assert any(p.startswith("/v2/owner/app/manifests/") and p.endswith(f"?ns={host}") for p in paths), paths
+    # containerd 1.6.20 names the registry in every request it sends the mirror (so far all of them
+    # came from containerd), with the repository as the registry knows it
+    paths = [p for p in re.findall(r"path=(/v2/\S+)", cistern.log_text()) if "/manifests/" in p or "/blobs/" in p]
+    named = collections.Counter(p.split("?ns=")[1] for p in paths if "?ns=" in p)
+    assert sum(named.values()) == len(paths) and set(named) == {"docker.io", "ghcr.io", "quay.io"}, paths
+    assert all(p.startswith(("/v2/library/alpine/", "/v2/owner/app/")) for p in paths), paths
     # ... and cistern names it back (distribution spec, 2025-11)
     status, headers, _ = cistern.get("/v2/owner/app/manifests/1.0?ns=ghcr.io", method="HEAD")
     assert (status, headers.get("OCI-Namespace")) == (200, "ghcr.io")
@@ -240,9 +244,9 @@ def test_containerd_unlisted_registry_gets_404_and_falls_back_to_itself(containe
     error = json.loads(body)["errors"][0]
     assert (status, error["code"]) == (404, "NAME_UNKNOWN"), (status, body)
     assert host in error["message"] and "not mirrored" in error["message"], error
-    MEASUREMENTS.append(f"upstream requests, containerd cold {host + '/owner/app:1.0':40s} "
-                        f"(unlisted) cistern={cistern.metric_sum(UPSTREAM_REQUESTS) - before:.0f}, "
-                        f"containerd->registry itself={len(upstreams.entries('unlisted'))}")
+    MEASUREMENTS.append(f"upstream requests, containerd cold {host + '/owner/app:1.0':36s} (not listed) "
+                        f"cistern sent {cistern.metric_sum(UPSTREAM_REQUESTS) - before:.0f}; containerd "
+                        f"fell back and sent the registry {len(upstreams.entries('unlisted'))} itself")
 
 
 def test_containerd_warm_pulls_cost_no_upstream_request(containerd_setup, registries):
@@ -253,7 +257,7 @@ def test_containerd_warm_pulls_cost_no_upstream_request(containerd_setup, regist
         for host, repository, tag in PULLS:
             upstreams = Upstreams(registries)
             second.pull(f"{host}/{repository}:{tag}")
-            measured.append((f"{host}/{repository}:{tag}", upstreams.totals()))
+            measured.append((f"{host}/{repository}:{tag}", upstreams.snapshot()))
             assert upstreams.totals() == dict.fromkeys(registries, 0), (host, repository, upstreams.totals())
         assert second.image_digests() == {ref: d for ref, d in node.image_digests().items()
                                           if not ref.startswith(registries["unlisted"].host)}
@@ -304,7 +308,7 @@ def test_skopeo_path_prefix_copies_each_registrys_image_byte_exact(skopeo_setup,
         entries = check_cold_pull(registries, upstreams, host, repository, tag, None, None)  # --all: all platforms
         base_requests += [(host, e["method"]) for e in entries if e["kind"] == "blob" and e["reference"] == base]
         check_metrics_match_access_logs(cistern, registries, before, upstreams)
-        measured.append((f"{host}/{repository}:{tag}", upstreams.totals()))
+        measured.append((f"{host}/{repository}:{tag}", upstreams.snapshot()))
     measure("skopeo", "cold", measured)
     # The base layer all owner/app images share is downloaded once and stored once; every other
     # registry is still asked to confirm it holds it before cistern serves it under that registry.
@@ -322,7 +326,7 @@ def test_skopeo_warm_copies_cost_no_upstream_request(skopeo_setup, registries, t
         host, repository, tag = key
         upstreams = Upstreams(registries)
         copy_and_compare(conf, direct, key, str(tmp_path / f"{host}_{repository.replace('/', '_')}"))
-        measured.append((f"{host}/{repository}:{tag}", upstreams.totals()))
+        measured.append((f"{host}/{repository}:{tag}", upstreams.snapshot()))
         assert upstreams.totals() == dict.fromkeys(registries, 0), (key, upstreams.totals())
     measure("skopeo", "warm", measured)
 
@@ -368,7 +372,7 @@ def test_dockerd_pulls_rewritten_names_and_hub_via_registry_mirrors(dockerd_setu
         check_cold_pull(registries, upstreams, host, repository, tag, ["linux/amd64"], docker_has)
         assert upstreams.by_kind(host)["HEAD manifest"] == 1, upstreams.entries(host)
         check_metrics_match_access_logs(cistern, registries, before, upstreams)
-        measured.append((f"{host}/{repository}:{tag}", upstreams.totals()))
+        measured.append((f"{host}/{repository}:{tag}", upstreams.snapshot()))
     measure("dockerd", "cold", measured)
     check_docker_images(docker, cistern, registries)
 
@@ -381,7 +385,7 @@ def test_dockerd_warm_pulls_cost_no_upstream_request(dockerd_setup, registries):
     for host, repository, tag in PULLS:
         upstreams = Upstreams(registries)
         docker.docker("pull", docker_ref(cistern, host, repository, tag), capture=True)
-        measured.append((f"{host}/{repository}:{tag}", upstreams.totals()))
+        measured.append((f"{host}/{repository}:{tag}", upstreams.snapshot()))
         assert upstreams.totals() == dict.fromkeys(registries, 0), (host, repository, upstreams.totals())
     measure("dockerd", "warm", measured)
     check_docker_images(docker, cistern, registries)

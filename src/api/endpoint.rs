@@ -85,9 +85,10 @@ impl Endpoint {
                             &registries.describe(),
                         ));
                     }
+                    // `/v2/` or the catalog: answered, but not in that registry's name.
                     return Ok(Routed {
                         endpoint,
-                        namespace: named,
+                        namespace: None,
                     });
                 }
             },
@@ -471,12 +472,8 @@ mod tests {
                 manifest("org/app"),
                 Some("docker.io"),
             ),
-            (
-                "/v2/_catalog",
-                Some("ns=ghcr.io"),
-                Endpoint::Catalog,
-                Some("ghcr.io"),
-            ),
+            ("/v2/_catalog", Some("ns=ghcr.io"), Endpoint::Catalog, None),
+            ("/v2/", Some("ns=quay.io"), Endpoint::Base, Some("quay.io")),
             // A configured registry keeps its names as sent: no `library/`.
             (
                 "/v2/alpine/manifests/v1",

@@ -35,10 +35,16 @@ pub struct HtpasswdConfig {
 /// upstream, and one without `/` is a Docker Hub official image (`alpine` means
 /// `library/alpine`, as `docker pull alpine` does); a host alone (`ghcr.io`) is that whole
 /// registry. In a registry's own section, patterns are relative to it (`myorg/**`).
+///
+/// A pattern without a host never matches another registry's names, even where its globs
+/// could stand for a host (`*/app`, `**`): it was written for Docker Hub.
 #[derive(Debug, Clone, Default)]
 pub struct Patterns {
     written: Vec<String>,
-    set: GlobSet,
+    /// Patterns for the default upstream's names.
+    default_set: GlobSet,
+    /// Patterns that start with a registry host.
+    registry_set: GlobSet,
     /// A pattern named the default upstream as a whole (`docker.io`).
     whole_default: bool,
 }
@@ -58,7 +64,8 @@ impl Patterns {
         written: Vec<String>,
         scope: PatternScope,
     ) -> Result<Patterns, ConfigError> {
-        let mut builder = GlobSetBuilder::new();
+        let mut default_builder = GlobSetBuilder::new();
+        let mut registry_builder = GlobSetBuilder::new();
         let mut whole_default = false;
         for pattern in &written {
             let normalised = match scope {
@@ -75,14 +82,21 @@ impl Patterns {
                 .literal_separator(true)
                 .build()
                 .map_err(|e| bad(key, format!("{pattern:?} is not a valid pattern: {e}")))?;
-            builder.add(glob);
+            if names_a_registry(&normalised) {
+                registry_builder.add(glob);
+            } else {
+                default_builder.add(glob);
+            }
         }
-        let set = builder
-            .build()
-            .map_err(|e| bad(key, format!("cannot use these patterns: {e}")))?;
+        let build = |builder: GlobSetBuilder| {
+            builder
+                .build()
+                .map_err(|e| bad(key, format!("cannot use these patterns: {e}")))
+        };
         Ok(Patterns {
             written,
-            set,
+            default_set: build(default_builder)?,
+            registry_set: build(registry_builder)?,
             whole_default,
         })
     }
@@ -93,7 +107,11 @@ impl Patterns {
 
     /// Whether `name` (as this mirror shows it, e.g. `library/alpine`) matches any pattern.
     pub fn matches(&self, name: &str) -> bool {
-        self.set.is_match(name) || (self.whole_default && !names_a_registry(name))
+        if names_a_registry(name) {
+            self.registry_set.is_match(name)
+        } else {
+            self.whole_default || self.default_set.is_match(name)
+        }
     }
 }
 
@@ -254,6 +272,9 @@ mod tests {
         let whole_quay = patterns(&["quay.io"]);
         assert!(whole_quay.matches("quay.io/a/b"));
         assert!(!whole_quay.matches("library/alpine"));
+        assert!(!patterns(&["*/app"]).matches("ghcr.io/app"));
+        assert!(!patterns(&["**"]).matches("ghcr.io/a/b"));
+        assert!(patterns(&["**"]).matches("a/b/c"));
         let whole_hub = patterns(&["docker.io"]);
         assert!(whole_hub.matches("library/alpine"));
         assert!(whole_hub.matches("a/b/c"));

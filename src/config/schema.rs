@@ -22,21 +22,35 @@ pub enum Key {
 
 use Key::{FreeMap, Ignored, MapOf, Section, Used};
 
+/// An upstream registry's section: `proxy:`, and with the same keys each entry of
+/// `registries:`, plus the keys given.
+macro_rules! upstream_section {
+    ($($extra:expr),* $(,)?) => {
+        Section(&[
+            ("remoteurl", Used),
+            ("username", Used),
+            ("password", Used),
+            // In a registry's section it is refused with a reason: content is stored once for
+            // every registry, so `proxy.ttl` rules.
+            ("ttl", Used),
+            // cistern's extensions: how long a tag is trusted before revalidating upstream, how
+            // long a manifest upstream does not have is remembered, and how many blobs may be
+            // fetched from upstream at once.
+            ("tagttl", Used),
+            ("notfoundttl", Used),
+            ("maxfetches", Used),
+            // The floor a blob fill's upstream rate must keep to hold its slot.
+            ("fillminrate", Used),
+            ("fillratewindow", Used),
+            $($extra),*
+        ])
+    };
+}
+
 /// A registry section under `registries:`: `proxy:`'s keys, and which of its repositories may
 /// be pulled. Each tuning key left out takes `proxy:`'s value.
-pub const REGISTRY_SECTION: Key = Section(&[
-    ("remoteurl", Used),
-    ("username", Used),
-    ("password", Used),
-    // Refused with a reason: content is stored once for every registry, so `proxy.ttl` rules.
-    ("ttl", Used),
-    ("tagttl", Used),
-    ("notfoundttl", Used),
-    ("maxfetches", Used),
-    ("fillminrate", Used),
-    ("fillratewindow", Used),
-    ("repositories", Section(&[("allow", Used), ("deny", Used)])),
-]);
+pub const REGISTRY_SECTION: Key =
+    upstream_section!(("repositories", Section(&[("allow", Used), ("deny", Used)])));
 
 pub const ROOT: Key = Section(&[
     ("version", Used),
@@ -189,25 +203,7 @@ pub const ROOT: Key = Section(&[
             ("tcp", Ignored),
         ]),
     ),
-    (
-        "proxy",
-        Section(&[
-            ("remoteurl", Used),
-            ("username", Used),
-            ("password", Used),
-            ("ttl", Used),
-            ("exec", Ignored),
-            // cistern's extensions: how long a tag is trusted before revalidating upstream, how
-            // long a manifest upstream does not have is remembered, and how many blobs may be
-            // fetched from upstream at once.
-            ("tagttl", Used),
-            ("notfoundttl", Used),
-            ("maxfetches", Used),
-            // The floor a blob fill's upstream rate must keep to hold its slot.
-            ("fillminrate", Used),
-            ("fillratewindow", Used),
-        ]),
-    ),
+    ("proxy", upstream_section!(("exec", Ignored))),
     // cistern's extension: further registries, by the host clients name them by.
     ("registries", MapOf(&REGISTRY_SECTION)),
     ("validation", Ignored),

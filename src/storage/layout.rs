@@ -8,10 +8,16 @@
 //! _spool/<hex>.<n>                               a blob being fetched (filesystem only; never served)
 //! _cistern/probe                                 written at start and by the readiness check, to prove the store takes writes
 //! ```
-//! Content is stored once; links say which repository may serve it (a blob fetched for a
-//! private repository must not be readable through a public name). Repository name components
-//! never start with `_`, so the `_blobs`, `_manifests` and `_tags` folders cannot collide with
-//! a nested repository.
+//! Content is stored once, for every registry; links say which repository may serve it (a
+//! blob fetched for a private repository must not be readable through a public name).
+//! Repository name components never start with `_`, so the `_blobs`, `_manifests` and `_tags`
+//! folders cannot collide with a nested repository.
+//!
+//! `<name>` is the name as this mirror shows it (`RepoName::as_str`): `library/alpine` for the
+//! default upstream, exactly as before registries could be listed, so an existing cache is
+//! served as it is; `ghcr.io/owner/app` for another registry. A registry host holds a `.` or a
+//! `:` or is `localhost`, and a default-upstream name starting like that is refused, so the two
+//! never share a folder.
 
 use object_store::path::Path;
 
@@ -94,5 +100,16 @@ mod tests {
             assert_eq!(repository_of(&key), Some("a/b/c"), "{key}");
         }
         assert_eq!(repository_of(&content(&digest)), None);
+        let ghcr = crate::registry::RegistryId::Host("ghcr.io".into());
+        let repo = RepoName::parse_in(&ghcr, "owner/app").unwrap();
+        let key = tag_record(&repo, &tag);
+        assert_eq!(key.as_ref(), "repositories/ghcr.io/owner/app/_tags/v1");
+        assert_eq!(repository_of(&key), Some("ghcr.io/owner/app"));
+        let port = crate::registry::RegistryId::Host("127.0.0.1:5001".into());
+        let repo = RepoName::parse_in(&port, "app").unwrap();
+        assert_eq!(
+            repository_of(&blob_link(&repo, &digest)),
+            Some("127.0.0.1:5001/app")
+        );
     }
 }

@@ -203,11 +203,13 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
-        let proxy = self.proxy.validate_default()?;
+        let (mut proxy, mut listed) = (self.proxy, self.registries);
+        registries::merge_docker_hub(&mut proxy, &mut listed)?;
+        let proxy = proxy.validate_default()?;
         Ok(Config {
             http: self.http.validate()?,
             storage: self.storage.validate()?,
-            registries: registries::validate(self.registries, &proxy)?,
+            registries: registries::validate(listed, &proxy)?,
             proxy,
             log: self.log.validate()?,
             health: self.health.validate()?,
@@ -571,8 +573,16 @@ proxy:
                 "registries.ghcr.io.repositories.allow",
             ),
             (
-                "registries: {docker.io: {username: u, password: p}}",
-                "registries.docker.io",
+                "proxy: {username: a, password: b}\nregistries: {docker.io: {username: u, password: b}}",
+                "registries.docker.io.username",
+            ),
+            (
+                "registries: {docker.io: {repositories: {allow: [x]}}}",
+                "registries.docker.io.repositories",
+            ),
+            (
+                "proxy: {remoteurl: 'http://127.0.0.1:5000'}\nregistries: {'127.0.0.1:5000': {tagttl: 1m}}",
+                "registries.127.0.0.1:5000",
             ),
             (
                 "registries: {ghcr.io: {}, GHCR.io: {}}",
@@ -585,6 +595,28 @@ proxy:
                 "{yaml}: {err}"
             );
         }
+        // Docker Hub listed under `registries:` is the default upstream, configured there.
+        let c = Config::from_yaml(
+            "registries: {docker.io: {remoteurl: 'http://127.0.0.1:5000', username: u, password: p}, ghcr.io: {}}",
+            no_env(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.proxy.remote_url.as_str(), "http://127.0.0.1:5000/");
+        assert_eq!(c.proxy.credentials.unwrap().username, "u");
+        assert_eq!(c.registries.len(), 1);
+        let c = Config::from_yaml(
+            "proxy: {tagttl: 1m}\nregistries: {Index.Docker.io: {tagttl: 1m, maxfetches: 3}}",
+            no_env(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(
+            (c.proxy.tag_ttl, c.proxy.max_fetches),
+            (Duration::from_secs(60), 3)
+        );
+        assert!(c.registries.is_empty());
+
         let err = Config::from_yaml("registries: {ghcr.io: {tagtl: 1m}}", no_env()).unwrap_err();
         assert!(
             err.to_string().contains("`registries.ghcr.io.tagtl`"),

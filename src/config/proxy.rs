@@ -175,6 +175,52 @@ impl RawProxy {
         })
     }
 
+    /// Takes the keys `other` (the section at key `other_section`) sets and this one does not:
+    /// Docker Hub listed under `registries:` is the default upstream, configured in two places.
+    /// A key both set to different values is an error naming both.
+    pub(super) fn absorb(
+        &mut self,
+        other: RawProxy,
+        other_section: &str,
+    ) -> Result<(), ConfigError> {
+        macro_rules! absorb_keys {
+            ($($key:ident),*) => {$(
+                match (&self.$key, other.$key) {
+                    (_, None) => {}
+                    (None, Some(value)) => self.$key = Some(value),
+                    (Some(mine), Some(theirs)) if *mine == theirs => {}
+                    (Some(_), Some(_)) => {
+                        return Err(bad(
+                            &format!("{other_section}.{}", stringify!($key)),
+                            format!(
+                                "proxy.{} is set to another value; Docker Hub is the default upstream, so set it in one place",
+                                stringify!($key)
+                            ),
+                        ))
+                    }
+                }
+            )*};
+        }
+        absorb_keys!(
+            remoteurl,
+            username,
+            password,
+            ttl,
+            tagttl,
+            notfoundttl,
+            maxfetches,
+            fillminrate,
+            fillratewindow
+        );
+        if !other.repositories.is_empty() {
+            return Err(bad(
+                &format!("{other_section}.repositories"),
+                "Docker Hub's repositories are restricted with access.repositories",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the section sets nothing (`docker.io: {}`).
     pub(super) fn is_empty(&self) -> bool {
         self.remoteurl.is_none()

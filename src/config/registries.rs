@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::access::{PatternScope, Patterns};
 use super::proxy::{ProxyConfig, RawProxy};
 use super::{bad, ConfigError};
-use crate::registry::{default_hosts, is_registry_host};
+use crate::registry::{default_hosts, is_registry_host, DOCKER_HUB_HOSTS};
 
 /// A registry mirrored beside the default upstream.
 #[derive(Debug, Clone)]
@@ -20,6 +20,30 @@ pub struct RegistryConfig {
     pub deny: Patterns,
 }
 
+/// Moves Docker Hub's entries (`docker.io`, `index.docker.io`, `registry-1.docker.io`) out of
+/// `registries` into `proxy`: Docker Hub is the default upstream whether or not it is listed,
+/// so a file that configures it under `registries:` means `proxy:`.
+pub(super) fn merge_docker_hub(
+    proxy: &mut RawProxy,
+    registries: &mut BTreeMap<String, RawProxy>,
+) -> Result<(), ConfigError> {
+    let hub_names: Vec<String> = registries
+        .keys()
+        .filter(|host| {
+            DOCKER_HUB_HOSTS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
+        })
+        .cloned()
+        .collect();
+    for host in hub_names {
+        if let Some(section) = registries.remove(&host) {
+            proxy.absorb(section, &format!("registries.{host}"))?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn validate(
     raw: BTreeMap<String, RawProxy>,
     proxy: &ProxyConfig,
@@ -31,12 +55,12 @@ pub(super) fn validate(
         let lowercase = host.to_ascii_lowercase();
         check_host(&key, &lowercase)?;
         if default_hosts.contains(&lowercase) {
-            // Always served as the default upstream; listing it changes nothing, and its keys
-            // belong in one place.
+            // proxy.remoteurl's own host: always served as the default upstream; listing it
+            // changes nothing, and its keys belong in one place.
             if !section.is_empty() {
                 return Err(bad(
                     &key,
-                    format!("{host} is the default upstream (proxy:); set its keys under proxy: and leave this entry empty or remove it"),
+                    format!("{host} is the default upstream (proxy.remoteurl); set its keys under proxy: and leave this entry empty or remove it"),
                 ));
             }
             continue;

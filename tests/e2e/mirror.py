@@ -88,10 +88,12 @@ class Mirror:
 
     @classmethod
     def cistern(cls, binary: str, upstream_url: str, credentials=None, storage_driver=None,
-                extra_config: dict | None = None) -> "Mirror":
-        """`extra_config`: cistern's extensions as top-level keys (see proxy_config), e.g. registries."""
+                extra_config: dict | None = None, extra_env: dict | None = None) -> "Mirror":
+        """`extra_config`: cistern's extensions as top-level keys (see proxy_config), e.g. registries;
+        `extra_env`: variables for the process, e.g. REGISTRY_ overrides (none are inherited)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(extra_env or {})
         return cls("cistern", lambda config: [binary, "--config", config], upstream_url, credentials, env,
                    storage_driver, extra_config)
 

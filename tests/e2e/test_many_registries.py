@@ -156,15 +156,19 @@ def measure(client: str, phase: str, per_pull: list[tuple[str, dict[str, collect
                             + (f"  ({detail})" if detail else ""))
 
 
-def mirror_for(cistern_bin, hub, registries) -> Mirror:
-    """A cold cistern: Docker Hub as the default upstream, ghcr.io and quay.io listed."""
+def mirror_for(cistern_bin, hub, registries, password_from_env: bool = False) -> Mirror:
+    """A cold cistern: Docker Hub as the default upstream, ghcr.io and quay.io listed. ghcr.io's
+    password is in the file, or with `password_from_env` in REGISTRY_REGISTRIES_GHCR_IO_PASSWORD."""
     ghcr, quay = registries["ghcr.io"].standin, registries["quay.io"].standin
-    config = {"registries": {
-        "ghcr.io": {"remoteurl": ghcr.registry_url, "username": GHCR_CREDENTIALS[0],
-                    "password": GHCR_CREDENTIALS[1]},
-        "quay.io": {"remoteurl": quay.registry_url},
-    }}
-    return Mirror.cistern(cistern_bin, hub.registry_url, credentials=(hub.user, hub.password), extra_config=config)
+    ghcr_section = {"remoteurl": ghcr.registry_url, "username": GHCR_CREDENTIALS[0]}
+    env = {}
+    if password_from_env:
+        env["REGISTRY_REGISTRIES_GHCR_IO_PASSWORD"] = GHCR_CREDENTIALS[1]
+    else:
+        ghcr_section["password"] = GHCR_CREDENTIALS[1]
+    config = {"registries": {"ghcr.io": ghcr_section, "quay.io": {"remoteurl": quay.registry_url}}}
+    return Mirror.cistern(cistern_bin, hub.registry_url, credentials=(hub.user, hub.password),
+                          extra_config=config, extra_env=env)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,6 +223,7 @@ def test_containerd_default_hosts_pulls_each_registrys_own_image(containerd_setu
     assert stats["by_user"] == {GHCR_CREDENTIALS[0]: stats["tokens_issued"]}, stats
     assert stats["tokens_issued"] >= 1 and stats["rejected"] == 0, stats
     assert hub.token_stats()["rejected"] == hub_rejected
+    assert GHCR_CREDENTIALS[1] not in cistern.log_text()
 
 
 def test_containerd_unlisted_registry_gets_404_and_falls_back_to_itself(containerd_setup, registries):
@@ -339,7 +344,7 @@ def test_skopeo_warm_copies_cost_no_upstream_request(skopeo_setup, registries, t
 @pytest.fixture(scope="module")
 def dockerd_setup(cistern_bin, hub, registries):
     with contextlib.ExitStack() as stack:
-        cistern = stack.enter_context(mirror_for(cistern_bin, hub, registries))
+        cistern = stack.enter_context(mirror_for(cistern_bin, hub, registries, password_from_env=True))
         docker = stack.enter_context(Dockerd(registry_mirrors=[cistern.url], insecure_registries=[cistern.host]))
         yield cistern, docker
 
@@ -363,6 +368,7 @@ def check_docker_images(docker: Dockerd, cistern: Mirror, registries):
 
 def test_dockerd_pulls_rewritten_names_and_hub_via_registry_mirrors(dockerd_setup, registries):
     cistern, docker = dockerd_setup
+    ghcr_tokens_before = registries["ghcr.io"].standin.token_stats()
     docker_has: set = set()
     measured = []
     for host, repository, tag in PULLS:
@@ -375,6 +381,13 @@ def test_dockerd_pulls_rewritten_names_and_hub_via_registry_mirrors(dockerd_setu
         measured.append((f"{host}/{repository}:{tag}", upstreams.snapshot()))
     measure("dockerd", "cold", measured)
     check_docker_images(docker, cistern, registries)
+    # this cistern read ghcr.io's password from REGISTRY_REGISTRIES_GHCR_IO_PASSWORD (its tokens were
+    # issued to the user, none anonymously), and never logs it
+    ghcr_tokens = registries["ghcr.io"].standin.token_stats()
+    assert ghcr_tokens["by_user"].get(GHCR_CREDENTIALS[0], 0) > ghcr_tokens_before["by_user"].get(GHCR_CREDENTIALS[0], 0)
+    assert (ghcr_tokens["anonymous"], ghcr_tokens["rejected"]) == (ghcr_tokens_before["anonymous"],
+                                                                  ghcr_tokens_before["rejected"]), ghcr_tokens
+    assert GHCR_CREDENTIALS[1] not in cistern.log_text()
 
 
 def test_dockerd_warm_pulls_cost_no_upstream_request(dockerd_setup, registries):

@@ -322,6 +322,7 @@ def test_skopeo_path_prefix_copies_each_registrys_image_byte_exact(skopeo_setup,
     paths = re.findall(r"path=(/v2/\S+)", cistern.log_text())
     assert any(p.startswith("/v2/ghcr.io/owner/app/manifests/") for p in paths), paths
     assert any(p.startswith("/v2/quay.io/owner/app/manifests/") for p in paths), paths
+    assert not any("ns=" in p for p in paths), paths
 
 
 def test_skopeo_warm_copies_cost_no_upstream_request(skopeo_setup, registries, tmp_path):

@@ -388,11 +388,9 @@ impl Cache {
                 if actual != expected {
                     return Err(CacheError::DigestMismatch {
                         what: "manifest",
-                        url: format!(
-                            "{}v2/{}/manifests/{reference}",
-                            self.upstream(repo)?.base_url(),
-                            repo.path()
-                        ),
+                        url: self
+                            .upstream(repo)?
+                            .url(repo, &format!("manifests/{reference}")),
                         expected,
                         actual,
                     });

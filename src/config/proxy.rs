@@ -9,6 +9,7 @@ use url::Url;
 
 use super::access::RawRepositories;
 use super::{bad, duration, scalar, ConfigError};
+use crate::registry::{RegistryId, RepoName};
 
 /// Docker Hub's registry endpoint, the upstream when the config names none.
 pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
@@ -31,6 +32,9 @@ pub const DEFAULT_CONTENT_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub remote_url: Url,
+    /// Put before every repository name upstream (`k8s-artifacts-prod/images/`), with its
+    /// trailing `/`; empty for none.
+    pub repository_prefix: String,
     pub credentials: Option<Credentials>,
     /// How long cached content is kept; zero keeps it for ever.
     pub content_ttl: Duration,
@@ -57,6 +61,7 @@ pub struct Credentials {
 #[serde(default)]
 pub(super) struct RawProxy {
     remoteurl: Option<String>,
+    repositoryprefix: Option<String>,
     username: Option<String>,
     password: Option<String>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
@@ -101,6 +106,22 @@ impl RawProxy {
                 format!("{remote:?} must be an http:// or https:// URL with a host"),
             ));
         }
+        let repository_prefix = match self
+            .repositoryprefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+        {
+            None | Some("") => String::new(),
+            Some(prefix) => {
+                RepoName::parse_in(&RegistryId::Host("upstream".into()), prefix).map_err(|e| {
+                    bad(
+                        &key("repositoryprefix"),
+                        format!("{prefix:?} is not a repository path: {e}"),
+                    )
+                })?;
+                format!("{prefix}/")
+            }
+        };
         // An empty value counts as unset, so `REGISTRY_PROXY_USERNAME=` (as docker compose
         // passes an unset variable) means anonymous.
         let username = self.username.filter(|u| !u.is_empty());
@@ -152,6 +173,7 @@ impl RawProxy {
         }
         Ok(ProxyConfig {
             remote_url,
+            repository_prefix,
             credentials,
             content_ttl,
             tag_ttl: self
@@ -203,6 +225,7 @@ impl RawProxy {
         }
         absorb_keys!(
             remoteurl,
+            repositoryprefix,
             username,
             password,
             ttl,
@@ -224,6 +247,7 @@ impl RawProxy {
     /// Whether the section sets nothing (`docker.io: {}`).
     pub(super) fn is_empty(&self) -> bool {
         self.remoteurl.is_none()
+            && self.repositoryprefix.is_none()
             && self.username.is_none()
             && self.password.is_none()
             && self.ttl.is_none()

@@ -28,6 +28,9 @@ macro_rules! upstream_section {
     ($($extra:expr),* $(,)?) => {
         Section(&[
             ("remoteurl", Used),
+            // cistern's extension: a path upstream puts before every repository name (an
+            // Artifact Registry repository such as registry.k8s.io's).
+            ("repositoryprefix", Used),
             ("username", Used),
             ("password", Used),
             // In a registry's section it is refused with a reason: content is stored once for

@@ -74,6 +74,8 @@ pub struct Upstream {
     registry: RegistryId,
     http: reqwest::Client,
     base: Url,
+    /// `proxy.repositoryprefix`, with its trailing `/`, or empty.
+    repository_prefix: String,
     credentials: Option<Credentials>,
     /// The challenge upstream answers with, learnt once from `GET /v2/` as clients do, so
     /// requests authenticate up front instead of each paying for a 401 first.
@@ -112,6 +114,7 @@ impl Upstream {
             registry,
             http,
             base: config.remote_url.clone(),
+            repository_prefix: config.repository_prefix.clone(),
             credentials: config.credentials.clone(),
             challenge: RwLock::new(Probe::NotYet),
             fetches: Arc::new(Semaphore::new(config.max_fetches)),
@@ -142,12 +145,18 @@ impl Upstream {
         &self.base
     }
 
-    fn url(&self, repo: &RepoName, tail: &str) -> String {
+    /// The upstream URL of `tail` (`manifests/latest`) in `repo`.
+    pub fn url(&self, repo: &RepoName, tail: &str) -> String {
         format!(
             "{}/v2/{}/{tail}",
             self.base.as_str().trim_end_matches('/'),
-            repo.path()
+            self.name_upstream(repo)
         )
+    }
+
+    /// The repository's name as upstream knows it: its path, after the repository prefix.
+    fn name_upstream(&self, repo: &RepoName) -> String {
+        format!("{}{}", self.repository_prefix, repo.path())
     }
 
     /// GET a manifest, verifying it against the digest when one was asked for.
@@ -284,7 +293,7 @@ impl Upstream {
         headers: HeaderMap,
         metadata: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let scope = format!("repository:{}:pull", repo.path());
+        let scope = format!("repository:{}:pull", self.name_upstream(repo));
         let known = self.known_challenge().await;
         let mut authorization = match &known {
             Some(challenge) => self.authorization(challenge, &scope, false).await?,

@@ -19,6 +19,7 @@ mod namespaces;
 mod operations;
 mod pull;
 mod real_clients;
+mod repository_prefix;
 mod s3_replicas;
 mod shared_tasks;
 mod single_flight;

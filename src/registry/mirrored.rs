@@ -42,22 +42,9 @@ impl MirroredRegistries {
         MirroredRegistries { by_host }
     }
 
-    /// The default upstream alone, as before `registries:` existed.
-    pub fn for_default_upstream(remote: &Url) -> Self {
-        Self::new(remote, [])
-    }
-
     /// The registry `host` (from `ns` or a path prefix) names, if this mirror serves it.
     pub fn lookup(&self, host: &str) -> Option<&RegistryId> {
         self.by_host.get(&host.to_ascii_lowercase())
-    }
-
-    /// Every registry served, the default upstream first, each once.
-    pub fn registries(&self) -> Vec<RegistryId> {
-        let mut all: Vec<RegistryId> = self.by_host.values().cloned().collect();
-        all.sort();
-        all.dedup();
-        all
     }
 
     /// The names served, sorted, for messages.
@@ -114,10 +101,7 @@ mod tests {
         for host in ["registry.k8s.io", "", "docker.io.evil", "127.0.0.1:5000"] {
             assert_eq!(hub.lookup(host), None, "{host}");
         }
-        assert_eq!(hub.registries().len(), 3);
-        let local = MirroredRegistries::for_default_upstream(
-            &Url::parse("http://127.0.0.1:5000/").unwrap(),
-        );
+        let local = MirroredRegistries::new(&Url::parse("http://127.0.0.1:5000/").unwrap(), []);
         assert_eq!(local.lookup("127.0.0.1:5000"), Some(&RegistryId::Default));
         assert_eq!(local.lookup("docker.io"), Some(&RegistryId::Default));
         assert_eq!(local.lookup("127.0.0.1"), None);

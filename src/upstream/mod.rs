@@ -141,10 +141,6 @@ impl Upstream {
         &self.registry
     }
 
-    pub fn base_url(&self) -> &Url {
-        &self.base
-    }
-
     /// The upstream URL of `tail` (`manifests/latest`) in `repo`.
     pub fn url(&self, repo: &RepoName, tail: &str) -> String {
         format!(

@@ -165,10 +165,14 @@ def _os_release(name):
             f'PRETTY_NAME="cistern e2e test image {name}"\n').encode()
 
 
-def _platform_layers(repo: str, tag: str, arch: str, variant: str | None) -> list[dict]:
+def _platform_layers(repo: str, tag: str, arch: str, variant: str | None, origin: str | None = None) -> list[dict]:
+    """Two layers naming the image. With `origin` (a registry host) the second layer names it too,
+    while the first stays the same: the same name on two registries is then two different images
+    sharing a base layer."""
     plat = f"linux/{arch}" + (f"/{variant}" if variant else "")
     ident = f"{repo}:{tag} {plat}\n"
     short = repo.split("/")[-1]
+    second = f"{origin}/{ident}" if origin else ident
     return [
         {
             "etc/os-release": _os_release(short),
@@ -178,7 +182,7 @@ def _platform_layers(repo: str, tag: str, arch: str, variant: str | None) -> lis
             "hello.txt": f"hello from {ident}".encode(),
         },
         {
-            "data/README": f"second layer of {ident}".encode(),
+            "data/README": f"second layer of {second}".encode(),
             "data/arch.txt": f"{plat}\n".encode(),
             "data/script.sh": ("mode", 0o755, f"#!/bin/sh\necho {short} {plat}\n".encode()),
         },
@@ -215,6 +219,15 @@ def image_specs(extra: bool = False, big_mib: int = 256) -> list[dict]:
     return specs
 
 
+def same_name_specs(origin: str, push: str) -> list[dict]:
+    """`owner/app:1.0` as the registry `origin` holds it: every registry has an image of that name,
+    each a different one (its second layer and config name `origin`), all sharing the base layer.
+    push "oci-index" makes it an OCI index of amd64 + arm64/v8, else one amd64 manifest."""
+    platforms = [("amd64", None), ("arm64", "v8")] if push in ("oci-index", "v2s2-list") else [("amd64", None)]
+    return [{"repo": "owner/app", "tag": "1.0", "push": push, "private": False, "platforms": platforms,
+             "origin": origin}]
+
+
 def _layout_dirname(repo, tag):
     return f"{repo.replace('/', '_')}_{tag}"
 
@@ -235,7 +248,8 @@ def build_image(spec: dict, out: str) -> dict:
     os.makedirs(blobs)
     platforms = []
     for arch, variant in spec["platforms"]:
-        layer_files = spec.get("layers") or _platform_layers(spec["repo"], spec["tag"], arch, variant)
+        layer_files = spec.get("layers") or _platform_layers(spec["repo"], spec["tag"], arch, variant,
+                                                             spec.get("origin"))
         layers = [write_layer(blobs, files, spec.get("compresslevel", 6)) for files in layer_files]
         config = {
             "architecture": arch,
@@ -244,7 +258,8 @@ def build_image(spec: dict, out: str) -> dict:
             "config": {
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                 "Cmd": ["/bin/sh"],
-                "Labels": {"org.cistern.e2e.image": f"{spec['repo']}:{spec['tag']}"},
+                "Labels": {"org.cistern.e2e.image": (f"{spec['origin']}/" if spec.get("origin") else "")
+                           + f"{spec['repo']}:{spec['tag']}"},
             },
             "rootfs": {"type": "layers", "diff_ids": [l["diff_id"] for l in layers]},
             "history": [{"created": CREATED, "created_by": f"cistern e2e build_images.py layer {i}"}
@@ -405,15 +420,15 @@ def docker_hub_ref(repo: str, tag: str) -> str:
 
 
 def seed(target, extra: bool = False, out: str | None = None, big_mib: int = 256,
-         only: list[str] | None = None, verbose: bool = True) -> dict:
-    """Build + push all images.  `target` is a StandIn (or anything with
-    registry_host, user, password, workdir)."""
+         only: list[str] | None = None, verbose: bool = True, specs: list[dict] | None = None) -> dict:
+    """Build + push all images (or `specs`, e.g. same_name_specs()).  `target` is a StandIn (or
+    anything with registry_host, user, password, workdir)."""
     host, user, password = target.registry_host, target.user, target.password
     out = out or os.path.join(target.workdir, "oci")
     os.makedirs(out, exist_ok=True)
     client = RegistryClient(host, user, password)
     result = {}
-    for spec in image_specs(extra, big_mib):
+    for spec in specs if specs is not None else image_specs(extra, big_mib):
         ref = f"{spec['repo']}:{spec['tag']}"
         if only and ref not in only and spec["repo"] not in only:
             continue

@@ -55,6 +55,13 @@ server = "https://registry-1.docker.io"
   capabilities = ["pull", "resolve"]
 """
 
+# certs.d/_default/hosts.toml: every registry without a directory of its own goes to the mirror
+# first, then to the registry itself (https://<host>; blackholed here like Docker Hub).
+DEFAULT_HOSTS_TEMPLATE = """\
+[host."http://{mirror}"]
+  capabilities = ["pull", "resolve"]
+"""
+
 
 class Containerd:
     def __init__(self):
@@ -102,10 +109,18 @@ class Containerd:
 
     def use_mirror(self, mirror_host: str):
         """Write certs.d/docker.io/hosts.toml naming the mirror (host:port) as an http:// host."""
-        d = os.path.join(self.hosts_dir, "docker.io")
+        self.write_hosts("docker.io", HOSTS_TEMPLATE.format(mirror=mirror_host))
+
+    def use_mirror_for_every_registry(self, mirror_host: str):
+        """Write certs.d/_default/hosts.toml: the mirror for every registry (1.6.20 reads it too)."""
+        self.write_hosts("_default", DEFAULT_HOSTS_TEMPLATE.format(mirror=mirror_host))
+
+    def write_hosts(self, registry_host: str, text: str):
+        """certs.d/<registry_host>/hosts.toml (a host:port directory is spelled as is)."""
+        d = os.path.join(self.hosts_dir, registry_host)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "hosts.toml"), "w") as f:
-            f.write(HOSTS_TEMPLATE.format(mirror=mirror_host))
+            f.write(text)
 
     def pull(self, ref: str, check: bool = True) -> subprocess.CompletedProcess:
         """`ctr images pull` through the hosts dir, unpacked with the native snapshotter."""

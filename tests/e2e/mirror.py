@@ -12,7 +12,9 @@ rendered by `proxy_config()`. That is the compatibility promise: one file, eithe
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -47,22 +49,28 @@ proxy:
 
 
 def proxy_config(storage: str, addr: str, debug_addr: str, remote_url: str,
-                 credentials: tuple[str, str] | None, storage_driver: str | None = None) -> str:
-    """The config file; `storage_driver` (indented YAML under `storage:`) replaces the directory."""
+                 credentials: tuple[str, str] | None, storage_driver: str | None = None,
+                 extra: dict | None = None) -> str:
+    """The config file; `storage_driver` (indented YAML under `storage:`) replaces the directory.
+
+    `extra` adds top-level keys, each value written as JSON (which YAML reads as flow style), e.g.
+    {"registries": {"ghcr.io": {"remoteurl": "http://127.0.0.1:5001"}}}.
+    """
     creds = ""
     if credentials:
         user, password = credentials
         creds = f"  username: {user}\n  password: {password}\n"
     driver = storage_driver or f"  filesystem:\n    rootdirectory: {storage}\n"
-    return PROXY_CONFIG_TEMPLATE.format(storage=driver, addr=addr, debug_addr=debug_addr,
+    text = PROXY_CONFIG_TEMPLATE.format(storage=driver, addr=addr, debug_addr=debug_addr,
                                         remote_url=remote_url, credentials=creds)
+    return text + "".join(f"{key}: {json.dumps(value)}\n" for key, value in (extra or {}).items())
 
 
 class Mirror:
     """One mirror process on a free loopback port with its own storage; a context manager."""
 
     def __init__(self, name: str, argv_for_config, upstream_url: str, credentials=None, env=None,
-                 storage_driver: str | None = None):
+                 storage_driver: str | None = None, extra_config: dict | None = None):
         self.name = name
         self.workdir = tempfile.mkdtemp(prefix=f"cistern-e2e-{name}-", dir="/tmp")
         self.storage = os.path.join(self.workdir, "storage")
@@ -73,16 +81,21 @@ class Mirror:
         self.credentials = credentials
         self.env = env
         self.storage_driver = storage_driver
+        self.extra_config = extra_config
         self.proc = None
         self.port = None
         self.debug_port = None
 
     @classmethod
-    def cistern(cls, binary: str, upstream_url: str, credentials=None, storage_driver=None) -> "Mirror":
+    def cistern(cls, binary: str, upstream_url: str, credentials=None, storage_driver=None,
+                extra_config: dict | None = None, extra_env: dict | None = None) -> "Mirror":
+        """`extra_config`: cistern's extensions as top-level keys (see proxy_config), e.g. registries;
+        `extra_env`: variables for the process, e.g. REGISTRY_ overrides (none are inherited)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(extra_env or {})
         return cls("cistern", lambda config: [binary, "--config", config], upstream_url, credentials, env,
-                   storage_driver)
+                   storage_driver, extra_config)
 
     @classmethod
     def distribution(cls, upstream_url: str, credentials=None) -> "Mirror":
@@ -118,7 +131,8 @@ class Mirror:
             self.debug_port = free_port()
             with open(self.config_path, "w") as f:
                 f.write(proxy_config(self.storage, self.host, f"127.0.0.1:{self.debug_port}",
-                                     self.upstream_url, self.credentials, self.storage_driver))
+                                     self.upstream_url, self.credentials, self.storage_driver,
+                                     self.extra_config))
             self.proc = spawn(self._argv_for_config(self.config_path), self.log, env=self.env, detach=False)
             try:
                 wait_until(lambda: http_request(f"{self.url}/v2/", timeout=2)[0] == 200, 30,
@@ -146,6 +160,33 @@ class Mirror:
         except FileNotFoundError:
             return ""
 
+    def metrics(self) -> list[tuple[str, dict, float]]:
+        """Every sample of the Prometheus text on the debug listener: (name, labels, value)."""
+        status, _, body = http_request(f"{self.debug_url}/metrics")
+        assert status == 200, status
+        return parse_prometheus(body.decode())
+
+    def metric_sum(self, name: str, **labels) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
+        return sum(value for sample, have, value in self.metrics()
+                   if sample == name and all(have.get(k) == v for k, v in labels.items()))
+
     def get(self, path: str, headers=None, method: str = "GET"):
         """(status, headers, body) of a request to the mirror."""
         return http_request(f"{self.url}{path}", method=method, headers=headers)
+
+
+_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict, float]]:
+    """Samples of a Prometheus text exposition (comments skipped, label values unescaped)."""
+    samples = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = {k: bytes(v, "utf-8").decode("unicode_escape") for k, v in _LABEL.findall(m.group("labels") or "")}
+        samples.append((m.group("name"), labels, float(m.group("value"))))
+    return samples

@@ -29,9 +29,29 @@ insecure = true
 """
 
 
+REGISTRY_ENTRY_TEMPLATE = """
+[[registry]]
+location = "{registry}"
+
+[[registry.mirror]]
+location = "{mirror}"
+insecure = true
+"""
+
+
 def write_registries_conf(path: str, mirror_host: str) -> str:
     with open(path, "w") as f:
         f.write(REGISTRIES_CONF_TEMPLATE.format(mirror=mirror_host))
+    return path
+
+
+def write_registries_conf_with_paths(path: str, mirror_host: str, registries: list[str]) -> str:
+    """docker.io mirrored at `mirror_host`, each other registry at `mirror_host/<registry>`, as
+    podman, CRI-O and skopeo users point one mirror at several registries."""
+    with open(path, "w") as f:
+        f.write(REGISTRIES_CONF_TEMPLATE.format(mirror=mirror_host))
+        for registry in registries:
+            f.write(REGISTRY_ENTRY_TEMPLATE.format(registry=registry, mirror=f"{mirror_host}/{registry}"))
     return path
 
 
@@ -49,10 +69,17 @@ def copy_through_mirror(registries_conf: str, name_and_tag: str, dest_dir: str, 
                   f"docker://docker.io/{name_and_tag}", f"dir:{dest_dir}", check=check)
 
 
-def copy_direct(registry_host: str, name_and_tag: str, dest_dir: str, credentials: tuple[str, str]):
+def copy_with_conf(registries_conf: str, reference: str, dest_dir: str, check: bool = True):
+    """`skopeo copy --all docker://REFERENCE dir:DEST` (a fully qualified reference, e.g.
+    ghcr.io/owner/app:1.0) with the registries.conf's mirrors."""
+    return skopeo("--registries-conf", registries_conf, "copy", "--all", f"docker://{reference}",
+                  f"dir:{dest_dir}", check=check)
+
+
+def copy_direct(registry_host: str, name_and_tag: str, dest_dir: str, credentials: tuple[str, str] | None):
     """The same copy straight from a registry (the reference to compare against)."""
-    user, password = credentials
-    return skopeo("copy", "--all", "--src-tls-verify=false", "--src-creds", f"{user}:{password}",
+    creds = ["--src-creds", f"{credentials[0]}:{credentials[1]}"] if credentials else []
+    return skopeo("copy", "--all", "--src-tls-verify=false", *creds,
                   f"docker://{registry_host}/{name_and_tag}", f"dir:{dest_dir}")
 
 

@@ -307,6 +307,9 @@ http:
   secret: {secret}
   headers:
     X-Content-Type-Options: [nosniff]
+{auth}"""
+
+REGISTRY_AUTH_TEMPLATE = """\
 auth:
   token:
     realm: {realm}
@@ -335,7 +338,10 @@ class StandIn:
         log_level: str = "info",
         keep_workdir: bool | None = None,
         detach: bool = False,
+        token_auth: bool = True,
     ):
+        """token_auth=False: Distribution alone, anonymous pulls and pushes, no token server
+        (a registry without auth, as an internal one often is)."""
         self._own_workdir = workdir is None
         self.workdir = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="cistern-standin-")
         self.keep_workdir = (not self._own_workdir) if keep_workdir is None else keep_workdir
@@ -346,6 +352,7 @@ class StandIn:
         self.key_mode, self.strict_anonymous = key_mode, strict_anonymous
         self.log_level = log_level
         self.detach = detach
+        self.token_auth = token_auth
         self.token_proc = self.registry_proc = None
         self.token_pid = self.registry_pid = None
         self.token_port = self.registry_port = None
@@ -432,7 +439,8 @@ class StandIn:
             atexit.register(self.stop)
             self._atexit_registered = True
         try:
-            self._start_token_server()
+            if self.token_auth:
+                self._start_token_server()
             self._start_registry()
             self.write_state()
         except BaseException:
@@ -477,16 +485,15 @@ class StandIn:
         last_err = None
         for _attempt in range(5):
             port = self.requested_registry_port or free_port()
+            auth = REGISTRY_AUTH_TEMPLATE.format(realm=self.realm, service=self.service, issuer=self.issuer,
+                                                 cert=self.cert_file) if self.token_auth else ""
             with open(self.registry_config, "w") as f:
                 f.write(REGISTRY_CONFIG_TEMPLATE.format(
                     log_level=self.log_level,
                     storage=self.storage_dir,
                     port=port,
                     secret=secrets.token_hex(16),
-                    realm=f"http://127.0.0.1:{self.token_port}/token",
-                    service=self.service,
-                    issuer=self.issuer,
-                    cert=self.cert_file,
+                    auth=auth,
                 ))
             self.registry_proc = spawn(
                 [REGISTRY_BIN, "serve", self.registry_config],
@@ -497,6 +504,8 @@ class StandIn:
             try:
                 def ready():
                     st, hdrs, _ = http_request(f"http://127.0.0.1:{port}/v2/", timeout=2)
+                    if not self.token_auth:
+                        return st == 200
                     return st == 401 and "Bearer" in (hdrs.get("WWW-Authenticate") or "")
 
                 wait_until(ready, 30, what="registry /v2/", proc=self.registry_proc, log=self.registry_log)

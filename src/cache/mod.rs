@@ -1,7 +1,10 @@
 //! The pull-through policy: answer from storage when we may, otherwise fetch from upstream,
 //! verify, store, and answer. The HTTP layer above only translates requests and errors.
 
+mod access;
+mod access_publish;
 mod blobs;
+pub mod eviction;
 mod expiry;
 mod fills;
 mod hot;
@@ -20,12 +23,12 @@ use crate::registry::{Digest, RegistryId, RepoName};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
+use access::AccessTimes;
 use fills::Fills;
 use manifests::ManifestFlights;
 pub use registries::{CachedRegistries, CachedRegistry};
 
 pub use blobs::{BlobAnswer, ByteRange};
-pub use expiry::spawn_expiry;
 pub use manifests::ManifestAnswer;
 pub use outcome::Outcome;
 pub use tags::{paginate, TagListPage};
@@ -94,6 +97,8 @@ struct Inner {
     fills: Fills,
     manifest_flights: ManifestFlights,
     hot: hot::Hot,
+    /// When each tag and content object was last served.
+    access: AccessTimes,
     metrics: Metrics,
 }
 
@@ -106,6 +111,7 @@ impl Cache {
                 fills: Fills::default(),
                 manifest_flights: ManifestFlights::default(),
                 hot: hot::Hot::default(),
+                access: AccessTimes::default(),
                 metrics,
             }),
         }

@@ -2,10 +2,12 @@
 //! it completes (on the filesystem it is a staging file renamed into place), so a blob whose
 //! digest did not match is aborted and leaves nothing behind.
 
+use std::sync::Arc;
+
 use object_store::path::Path;
 use object_store::{ObjectStore, WriteMultipart};
 
-use super::StorageError;
+use super::{StorageError, StoreIndex};
 
 /// Parts are written in chunks of this size; it bounds the memory one fill holds.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -15,10 +17,18 @@ const PARTS_IN_FLIGHT: usize = 2;
 pub struct ContentWriter {
     key: Path,
     upload: WriteMultipart,
+    /// Bytes written so far: the object's size once committed.
+    written: u64,
+    /// Told about the object once it is visible.
+    index: Arc<StoreIndex>,
 }
 
 impl ContentWriter {
-    pub(super) async fn begin(store: &dyn ObjectStore, key: &Path) -> Result<Self, StorageError> {
+    pub(super) async fn begin(
+        store: &dyn ObjectStore,
+        key: &Path,
+        index: Arc<StoreIndex>,
+    ) -> Result<Self, StorageError> {
         let upload = store
             .put_multipart(key)
             .await
@@ -26,6 +36,8 @@ impl ContentWriter {
         Ok(ContentWriter {
             key: key.clone(),
             upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            written: 0,
+            index,
         })
     }
 
@@ -35,6 +47,7 @@ impl ContentWriter {
             .await
             .map_err(|e| StorageError::store(&self.key, e))?;
         self.upload.write(bytes);
+        self.written += bytes.len() as u64;
         Ok(())
     }
 
@@ -43,8 +56,9 @@ impl ContentWriter {
         self.upload
             .finish()
             .await
-            .map(|_| ())
-            .map_err(|e| StorageError::store(&self.key, e))
+            .map_err(|e| StorageError::store(&self.key, e))?;
+        self.index.put(self.key.as_ref(), self.written);
+        Ok(())
     }
 
     /// Drops what was written; nothing becomes visible.

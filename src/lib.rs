@@ -73,6 +73,7 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let cache = Cache::new(storage.clone(), registries, metrics.clone());
     cache.spawn_access_publisher();
     cache.spawn_expiry(config.proxy.content_ttl);
+    cache.spawn_evictor(config.cache.clone());
     let health = Health::spawn(
         storage,
         config.storage.describe(),

@@ -99,6 +99,8 @@ struct Inner {
     hot: hot::Hot,
     /// When each tag and content object was last served.
     access: AccessTimes,
+    /// What each manifest references, for eviction.
+    references: eviction::References,
     metrics: Metrics,
 }
 
@@ -112,6 +114,7 @@ impl Cache {
                 manifest_flights: ManifestFlights::default(),
                 hot: hot::Hot::default(),
                 access: AccessTimes::default(),
+                references: eviction::References::default(),
                 metrics,
             }),
         }

@@ -139,6 +139,16 @@ fn images(snapshot: &Snapshot) -> Vec<Image> {
     images
 }
 
+/// Bytes of content the pinned images keep.
+pub fn pinned_bytes(snapshot: &Snapshot, pinned: &dyn Fn(&str, &str) -> bool) -> u64 {
+    let kept: HashSet<String> = images(snapshot)
+        .into_iter()
+        .filter(|i| i.tag.as_deref().is_some_and(|t| pinned(&i.repository, t)))
+        .flat_map(|i| i.closure)
+        .collect();
+    kept.iter().filter_map(|d| snapshot.content.get(d)).sum()
+}
+
 pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
     let size = |digest: &str| snapshot.content.get(digest).copied().unwrap_or(0);
     let bytes_before: u64 = snapshot.content.values().sum();

@@ -41,15 +41,15 @@ pub fn deserialize_optional_text<'de, D: Deserializer<'de>>(
 ) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Text {
+    enum Written {
         Whole(u64),
         Number(f64),
         Text(String),
     }
-    Ok(Option::<Text>::deserialize(d)?.map(|text| match text {
-        Text::Whole(n) => n.to_string(),
-        Text::Number(n) => n.to_string(),
-        Text::Text(t) => t,
+    Ok(Option::<Written>::deserialize(d)?.map(|written| match written {
+        Written::Whole(n) => n.to_string(),
+        Written::Number(n) => n.to_string(),
+        Written::Text(t) => t,
     }))
 }
 

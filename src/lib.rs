@@ -5,6 +5,7 @@ pub mod access;
 pub mod api;
 pub mod cache;
 pub mod config;
+mod gc;
 pub mod health;
 pub mod memory;
 pub mod registry;
@@ -105,6 +106,8 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         health,
     })
 }
+
+pub use gc::{gc, GcError};
 
 /// One upstream client per registry: the default upstream and each of `registries:`.
 fn cached_registries(

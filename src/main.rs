@@ -5,7 +5,7 @@ use cistern::config::Config;
 use cistern::server::Listeners;
 use clap::Parser;
 
-/// cistern: a pull-through caching mirror for Docker Hub.
+/// cistern: a pull-through caching mirror for Docker Hub and the other registries a fleet pulls from.
 ///
 /// Point Docker at it with `"registry-mirrors": ["http://HOST:5000"]` in daemon.json, or a
 /// dind service with `--registry-mirror http://HOST:5000`. The configuration file uses CNCF
@@ -15,8 +15,30 @@ use clap::Parser;
 #[command(version, about, long_about)]
 struct Cli {
     /// Path of the configuration file (Distribution's config.yml schema).
-    #[arg(short, long, default_value = "config.yml", env = "CISTERN_CONFIG")]
+    #[arg(
+        short,
+        long,
+        default_value = "config.yml",
+        env = "CISTERN_CONFIG",
+        global = true
+    )]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Evicts least recently pulled images until the cache is within its budget, on the
+    /// configuration's storage, and prints what went and why. Safe beside a running mirror.
+    Gc {
+        /// Print what would be evicted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evict down to this size (e.g. 40GiB) instead of cache.maxsize's low watermark.
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +63,9 @@ async fn run() -> ExitCode {
         }
     };
     let config = loaded.config;
+    if let Some(Command::Gc { dry_run, target }) = cli.command {
+        return gc(&config, dry_run, target.as_deref()).await;
+    }
     cistern::telemetry::init_logging(&config.log);
     for warning in loaded.warnings {
         tracing::warn!("{warning}");
@@ -63,6 +88,28 @@ async fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cistern gc`: the report goes to stdout, errors to stderr.
+async fn gc(config: &Config, dry_run: bool, target: Option<&str>) -> ExitCode {
+    let target = match target.map(|t| (t, cistern::config::parse_bytes(t))) {
+        Some((_, Some(bytes))) => Some(bytes),
+        Some((written, None)) => {
+            eprintln!("cistern gc: --target {written:?} is not a size such as 40GiB");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    match cistern::gc(config, dry_run, target).await {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cistern gc: {e}");
             ExitCode::FAILURE
         }
     }

@@ -31,6 +31,7 @@ pub use registries::{CachedRegistries, CachedRegistry};
 pub use blobs::{BlobAnswer, ByteRange};
 pub use manifests::ManifestAnswer;
 pub use outcome::Outcome;
+pub use records::now_ms;
 pub use tags::{paginate, TagListPage};
 
 /// Why the cache could not answer. The API layer turns each into an OCI error.

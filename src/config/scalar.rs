@@ -46,11 +46,13 @@ pub fn deserialize_optional_text<'de, D: Deserializer<'de>>(
         Number(f64),
         Text(String),
     }
-    Ok(Option::<Written>::deserialize(d)?.map(|written| match written {
-        Written::Whole(n) => n.to_string(),
-        Written::Number(n) => n.to_string(),
-        Written::Text(t) => t,
-    }))
+    Ok(
+        Option::<Written>::deserialize(d)?.map(|written| match written {
+            Written::Whole(n) => n.to_string(),
+            Written::Number(n) => n.to_string(),
+            Written::Text(t) => t,
+        }),
+    )
 }
 
 /// `true` or `false`.

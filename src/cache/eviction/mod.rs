@@ -110,6 +110,9 @@ impl Cache {
                     let key = layout::tag_record(&repo_name, &parsed);
                     // A record that cannot be read leaves its manifest an image of its own.
                     if let Ok(Some(record)) = self.storage().read_record::<TagRecord>(&key).await {
+                        snapshot
+                            .tag_checked
+                            .insert((name.clone(), tag.clone()), record.checked_at_ms);
                         repo.tags.insert(tag, record.digest);
                     }
                 }

@@ -31,6 +31,10 @@ pub struct Snapshot {
     pub references: HashMap<String, Vec<String>>,
     /// (repository, tag) -> when it was last served (ms since the epoch).
     pub tag_served: HashMap<(String, String), u64>,
+    /// (repository, tag) -> when upstream was last asked about it (its record's time): a pull
+    /// as far as anyone could tell when no serve was recorded (before a restart, or by a
+    /// replica that has not published yet).
+    pub tag_checked: HashMap<(String, String), u64>,
     /// Digest -> when it was last served.
     pub content_served: HashMap<String, u64>,
 }
@@ -112,11 +116,13 @@ fn images(snapshot: &Snapshot) -> Vec<Image> {
         for (tag, digest) in &repo.tags {
             let closure = closure(digest, &snapshot.references);
             reached.extend(closure.iter().cloned());
+            let key = (repository.clone(), tag.clone());
             let tag_served = snapshot
                 .tag_served
-                .get(&(repository.clone(), tag.clone()))
+                .get(&key)
                 .copied()
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .max(snapshot.tag_checked.get(&key).copied().unwrap_or(0));
             images.push(Image {
                 repository: repository.clone(),
                 tag: Some(tag.clone()),

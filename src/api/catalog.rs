@@ -5,7 +5,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::pagination::{next_link, PageQuery};
 use crate::access::Access;
-use crate::cache::{paginate, Cache};
+use crate::cache::Cache;
 use crate::registry::MirroredRegistries;
 
 /// Distribution's `catalog.maxentries` default: the largest page served.
@@ -21,11 +21,13 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let page = PageQuery::parse(query)?;
     let n = page.n.unwrap_or(MAX_ENTRIES).min(MAX_ENTRIES);
-    let mut repositories = cache.repositories().await?;
     // A registry removed from the configuration leaves its repositories in the store; they
     // cannot be pulled, so they are not listed.
-    repositories.retain(|name| access.allows(name) && registries.serves_name(name));
-    let (repositories, more) = paginate(repositories, Some(n), page.last.as_deref());
+    let (repositories, more) = cache
+        .repositories_page(page.last.as_deref(), n, |name| {
+            access.allows(name) && registries.serves_name(name)
+        })
+        .await?;
     let link = repositories
         .last()
         .filter(|_| more)

@@ -166,6 +166,23 @@ impl Cache {
     pub async fn repositories(&self) -> Result<Vec<String>, CacheError> {
         Ok(self.storage().list_repositories().await?)
     }
+
+    /// One catalog page: at most `n` repositories after `last` that `keep` lets through, and
+    /// whether more follow; from the index, or from a walk of the store until it is built.
+    pub async fn repositories_page(
+        &self,
+        last: Option<&str>,
+        n: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<String>, bool), CacheError> {
+        let index = self.storage().index();
+        if index.is_built() {
+            return Ok(index.repositories_page(last, n, keep));
+        }
+        let mut all = self.repositories().await?;
+        all.retain(|name| keep(name));
+        Ok(tags::paginate(all, Some(n), last))
+    }
 }
 
 /// A blob upstream does not have, as the error the client gets.

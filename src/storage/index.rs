@@ -203,6 +203,28 @@ impl StoreIndex {
         self.lock().state.repositories.keys().cloned().collect()
     }
 
+    /// One page of repositories, in order: at most `n` after `last` for which `keep` says
+    /// yes, and whether more follow. Reads only as far as the page goes.
+    pub fn repositories_page(
+        &self,
+        last: Option<&str>,
+        n: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> (Vec<String>, bool) {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let from = last.map_or(Bound::Unbounded, |l| Bound::Excluded(l.to_owned()));
+        let mut names = inner
+            .state
+            .repositories
+            .range::<String, _>((from, Bound::Unbounded))
+            .map(|(name, _)| name)
+            .filter(|name| keep(name));
+        let page: Vec<String> = names.by_ref().take(n).cloned().collect();
+        let more = names.next().is_some();
+        (page, more)
+    }
+
     /// The records of `repository`, if it has any.
     pub fn records(&self, repository: &str) -> Option<Records> {
         self.lock().state.repositories.get(repository).cloned()
@@ -282,6 +304,33 @@ mod tests {
         index.delete(&content_key(HEX));
         assert_eq!(index.totals().content_bytes, 0);
         assert_eq!(index.content_size(&format!("sha256:{HEX}")), None);
+    }
+
+    #[test]
+    fn repository_pages_read_from_the_last_name_on() {
+        let index = StoreIndex::default();
+        for name in ["a/1", "a/2", "b/1", "b/2", "c/1"] {
+            index.put(&format!("repositories/{name}/_tags/v1"), 1);
+        }
+        let all = |_: &str| true;
+        assert_eq!(
+            index.repositories_page(None, 2, all),
+            (vec!["a/1".into(), "a/2".into()], true)
+        );
+        assert_eq!(
+            index.repositories_page(Some("a/2"), 2, all),
+            (vec!["b/1".into(), "b/2".into()], true)
+        );
+        assert_eq!(
+            index.repositories_page(Some("b/2"), 2, all),
+            (vec!["c/1".into()], false)
+        );
+        let no_b = |name: &str| !name.starts_with("b/");
+        assert_eq!(
+            index.repositories_page(Some("a/1"), 2, no_b),
+            (vec!["a/2".into(), "c/1".into()], false)
+        );
+        assert_eq!(index.repositories_page(None, 0, all), (vec![], true));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! while a listing runs are replayed onto it, so a rebuild loses none of them.
 //!
 //! Memory: one entry per content object (its digest string and size) and one per record name;
-//! about 150 bytes per blob, so ~150 MB per million blobs.
+//! measured at about 175 bytes per stored object (52.6 MB for 200,000 blobs and 100,000 links
+//! in 5,000 repositories), so ~175 MB per million objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -487,3 +487,33 @@ async fn an_s3_bucket_over_quota_serves_the_pull_uncached_and_caches_again_after
     }
     assert_eq!(readyz(&mirror.debug_url).await.1["storage"]["full"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_comes_after_the_relay_moved_on_gets_the_blob_from_a_new_fetch() {
+    let (up, _proxy, _tmpfs, mirror, digest, bytes) = slow_blob_on_a_full_disk(false).await;
+    let path = format!("/v2/library/big/blobs/{digest}");
+    let first = mirror.get(&path).await;
+    assert_eq!(first.status(), 200);
+    let first = tokio::spawn(async move { first.bytes().await.unwrap() });
+    // More than the relay holds has gone through: the first bytes are gone from memory.
+    let m = &mirror;
+    until("10 MiB went through", || async move {
+        m.metrics()
+            .await
+            .value(r#"cistern_upstream_fetched_bytes_total{registry="docker.io"}"#)
+            >= (10 * MIB) as f64
+    })
+    .await;
+    let late = mirror.get(&path).await;
+    assert_eq!(late.status(), 200);
+    assert!(
+        late.bytes().await.unwrap() == bytes,
+        "the late client: exact bytes"
+    );
+    assert!(
+        first.await.unwrap() == bytes,
+        "the first client: exact bytes"
+    );
+    assert_eq!(up.count(Method::GET, &format!("/blobs/{digest}")), 2);
+    nothing_stored(&mirror).await;
+}

@@ -68,9 +68,12 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let access = Arc::new(access::Access::new(&config.access, &config.registries)?);
     let metrics = Metrics::new();
     let storage = Storage::open(&config.storage).await?;
+    storage.spawn_index_upkeep();
     let registries = cached_registries(config, &storage, &metrics)?;
     let cache = Cache::new(storage.clone(), registries, metrics.clone());
-    cache::spawn_expiry(storage.clone(), config.proxy.content_ttl);
+    cache.spawn_access_publisher();
+    cache.spawn_expiry(config.proxy.content_ttl);
+    cache.spawn_evictor(config.cache.clone());
     let health = Health::spawn(
         storage,
         config.storage.describe(),

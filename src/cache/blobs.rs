@@ -62,6 +62,16 @@ impl Cache {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(u64, Outcome), CacheError> {
+        let answer = self.find_blob_size(repo, digest).await?;
+        self.inner.access.content_served(digest);
+        Ok(answer)
+    }
+
+    async fn find_blob_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(u64, Outcome), CacheError> {
         let result = async {
             if let Some(fill) = self.fills().get(digest) {
                 let for_another = &fill.repo != repo;
@@ -84,6 +94,17 @@ impl Cache {
 
     /// The blob, or the part of it `range` asks for.
     pub async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, CacheError> {
+        let answer = self.find_blob(repo, digest, range).await?;
+        self.inner.access.content_served(digest);
+        Ok(answer)
+    }
+
+    async fn find_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
@@ -220,7 +241,7 @@ impl Cache {
                 // or the blob if it was stored after all).
                 fill.settled().await;
                 tokio::task::yield_now().await;
-                Box::pin(self.blob(repo, &fill.digest, range)).await
+                Box::pin(self.find_blob(repo, &fill.digest, range)).await
             }
         }
     }

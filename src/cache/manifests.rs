@@ -65,6 +65,23 @@ impl Cache {
         accept: Option<&str>,
         want_body: bool,
     ) -> Result<ManifestAnswer, CacheError> {
+        let answer = self
+            .find_manifest(repo, reference, accept, want_body)
+            .await?;
+        if let Reference::Tag(tag) = reference {
+            self.inner.access.tag_served(repo, tag);
+        }
+        self.inner.access.content_served(&answer.digest);
+        Ok(answer)
+    }
+
+    async fn find_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: Option<&str>,
+        want_body: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
         let key = (repo.clone(), reference.to_string());
         if self.registry(repo)?.not_found.known_missing(&key) {
             return Err(manifest_unknown(repo, reference));

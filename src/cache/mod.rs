@@ -1,7 +1,10 @@
 //! The pull-through policy: answer from storage when we may, otherwise fetch from upstream,
 //! verify, store, and answer. The HTTP layer above only translates requests and errors.
 
+mod access;
+mod access_publish;
 mod blobs;
+pub mod eviction;
 mod expiry;
 mod fills;
 mod hot;
@@ -20,13 +23,13 @@ use crate::registry::{Digest, RegistryId, RepoName};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
+use access::AccessTimes;
 use fills::Fills;
 use manifests::ManifestFlights;
 pub use registries::{CachedRegistries, CachedRegistry};
 
 pub use crate::storage::{PressureState, StoragePressure};
 pub use blobs::{BlobAnswer, ByteRange};
-pub use expiry::spawn_expiry;
 pub use manifests::ManifestAnswer;
 pub use outcome::Outcome;
 pub use tags::{paginate, TagListPage};
@@ -95,6 +98,10 @@ struct Inner {
     fills: Fills,
     manifest_flights: ManifestFlights,
     hot: hot::Hot,
+    /// When each tag and content object was last served.
+    access: AccessTimes,
+    /// What each manifest references, for eviction.
+    references: eviction::References,
     metrics: Metrics,
 }
 
@@ -107,6 +114,8 @@ impl Cache {
                 fills: Fills::default(),
                 manifest_flights: ManifestFlights::default(),
                 hot: hot::Hot::default(),
+                access: AccessTimes::default(),
+                references: eviction::References::default(),
                 metrics,
             }),
         }

@@ -123,6 +123,11 @@ where
             .map(|e| e.handle.clone())
     }
 
+    /// The keys of every attempt in flight.
+    pub fn keys(&self) -> Vec<K> {
+        lock(&self.entries).keys().cloned().collect()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.entries).len()

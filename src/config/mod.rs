@@ -2,6 +2,7 @@
 //! (so a registry:2 proxy config runs unchanged), with cistern's extensions beside it.
 
 mod access;
+mod cache;
 mod scalar;
 mod storage;
 use storage::RawStorage;
@@ -13,6 +14,7 @@ mod proxy;
 mod registries;
 mod schema;
 pub use access::{AccessConfig, HtpasswdConfig, Patterns};
+pub use cache::{parse_bytes, Budget, CacheConfig, Pins};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;
@@ -43,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     pub health: HealthConfig,
     pub access: AccessConfig,
+    /// The byte budget and pins (`cache:`).
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +189,7 @@ struct RawConfig {
     health: RawHealth,
     auth: access::RawAuth,
     access: access::RawAccess,
+    cache: cache::RawCache,
 }
 
 #[derive(Deserialize, Default)]
@@ -214,6 +219,7 @@ impl RawConfig {
             log: self.log.validate()?,
             health: self.health.validate()?,
             access: access::validate(self.auth, self.access)?,
+            cache: self.cache.validate()?,
         })
     }
 }

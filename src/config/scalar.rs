@@ -35,6 +35,26 @@ pub fn deserialize_optional_count<'de, D: Deserializer<'de>>(
     from_text(d, |t| t.parse().ok(), "a whole number such as 8")
 }
 
+/// Text that may be written as a number too (`maxsize: 1073741824`, `lowwatermark: 0.8`).
+pub fn deserialize_optional_text<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Whole(u64),
+        Number(f64),
+        Text(String),
+    }
+    Ok(
+        Option::<Written>::deserialize(d)?.map(|written| match written {
+            Written::Whole(n) => n.to_string(),
+            Written::Number(n) => n.to_string(),
+            Written::Text(t) => t,
+        }),
+    )
+}
+
 /// `true` or `false`.
 pub fn deserialize_optional_bool<'de, D: Deserializer<'de>>(
     d: D,

@@ -207,6 +207,17 @@ pub const ROOT: Key = Section(&[
         ]),
     ),
     ("proxy", upstream_section!(("exec", Ignored))),
+    // cistern's extension: the byte budget the cache lives within, and what it never evicts.
+    (
+        "cache",
+        Section(&[
+            ("maxsize", Used),
+            ("highwatermark", Used),
+            ("lowwatermark", Used),
+            ("pin", Used),
+            ("keeprecent", Used),
+        ]),
+    ),
     // cistern's extension: further registries, by the host clients name them by.
     ("registries", MapOf(&REGISTRY_SECTION)),
     ("validation", Ignored),

@@ -69,6 +69,17 @@ impl RepoName {
         })
     }
 
+    /// A name as this mirror shows it (`as_str`), read back: a host-like first segment is its
+    /// registry, else it is the default upstream's.
+    pub fn parse_shown(shown: &str) -> Result<Self, NameError> {
+        match shown.split_once('/') {
+            Some((host, path)) if is_registry_host(host) => {
+                Self::parse_in(&RegistryId::Host(host.into()), path)
+            }
+            _ => Self::parse(shown),
+        }
+    }
+
     /// The name this mirror shows: `library/alpine`, `ghcr.io/owner/app`.
     pub fn as_str(&self) -> &str {
         &self.full
@@ -173,6 +184,9 @@ mod tests {
             RepoName::parse("my.app").is_ok(),
             "one segment is library/my.app"
         );
+        for shown in ["ghcr.io/owner/app", "library/alpine", "127.0.0.1:5000/x"] {
+            assert_eq!(RepoName::parse_shown(shown).unwrap().as_str(), shown);
+        }
     }
 
     #[test]

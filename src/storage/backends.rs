@@ -80,6 +80,7 @@ impl Storage {
         let storage = Storage {
             store,
             local_root: None,
+            index: Arc::default(),
             spool: Arc::new(
                 SpoolDir::for_this_process().map_err(|source| StorageError::Root {
                     path: std::env::temp_dir().display().to_string(),

@@ -73,6 +73,61 @@ pub fn tags_of(repo: &RepoName) -> Path {
     Path::from(format!("{REPOSITORIES}/{repo}/_tags"))
 }
 
+/// What a key is, read back from the layout above.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyKind<'a> {
+    /// `blobs/...`: content, by digest (`sha256:<hex>`).
+    Content {
+        digest: String,
+    },
+    BlobLink {
+        repository: &'a str,
+        digest: String,
+    },
+    ManifestLink {
+        repository: &'a str,
+        digest: String,
+    },
+    Tag {
+        repository: &'a str,
+        tag: &'a str,
+    },
+    /// Anything else: the spool, cistern's own keys, strays.
+    Other,
+}
+
+/// Reads a key back into what it is.
+pub fn classify(key: &str) -> KeyKind<'_> {
+    let parts: Vec<&str> = key.split('/').collect();
+    if let ["blobs", algorithm, _, hex] = parts.as_slice() {
+        return KeyKind::Content {
+            digest: format!("{algorithm}:{hex}"),
+        };
+    }
+    let Some(rest) = key
+        .strip_prefix(REPOSITORIES)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return KeyKind::Other;
+    };
+    let Some(end) = rest.find(RECORDS_MARKER) else {
+        return KeyKind::Other;
+    };
+    let (repository, records) = (&rest[..end], &rest[end + 1..]);
+    match records.split('/').collect::<Vec<_>>().as_slice() {
+        ["_blobs", algorithm, hex] => KeyKind::BlobLink {
+            repository,
+            digest: format!("{algorithm}:{hex}"),
+        },
+        ["_manifests", algorithm, hex] => KeyKind::ManifestLink {
+            repository,
+            digest: format!("{algorithm}:{hex}"),
+        },
+        ["_tags", tag] => KeyKind::Tag { repository, tag },
+        _ => KeyKind::Other,
+    }
+}
+
 /// The repository a key under `repositories/` belongs to, if it is a record key.
 pub fn repository_of(key: &Path) -> Option<&str> {
     let rest = key.as_ref().strip_prefix(REPOSITORIES)?.strip_prefix('/')?;
@@ -111,5 +166,40 @@ mod tests {
             repository_of(&blob_link(&repo, &digest)),
             Some("127.0.0.1:5001/app")
         );
+
+        let d = digest.to_string();
+        assert_eq!(
+            classify(content(&digest).as_ref()),
+            KeyKind::Content { digest: d.clone() }
+        );
+        assert_eq!(
+            classify(blob_link(&repo, &digest).as_ref()),
+            KeyKind::BlobLink {
+                repository: "127.0.0.1:5001/app",
+                digest: d.clone()
+            }
+        );
+        assert_eq!(
+            classify(manifest_link(&repo, &digest).as_ref()),
+            KeyKind::ManifestLink {
+                repository: "127.0.0.1:5001/app",
+                digest: d
+            }
+        );
+        assert_eq!(
+            classify(tag_record(&repo, &tag).as_ref()),
+            KeyKind::Tag {
+                repository: "127.0.0.1:5001/app",
+                tag: "v1"
+            }
+        );
+        for other in [
+            "_spool/abc.1",
+            "_cistern/probe",
+            "repositories/x",
+            "blobs/sha256/ab",
+        ] {
+            assert_eq!(classify(other), KeyKind::Other, "{other}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! `object_store::ObjectStore` (the local filesystem today; S3, GCS or Azure later).
 
 mod backends;
+mod index;
 pub mod layout;
 mod local_read;
 mod pressure;
@@ -23,6 +24,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use index::{Records, StoreIndex, Totals};
 pub use pressure::{PressureState, Refusal, StoragePressure};
 pub use spool::{SpoolAppender, SpoolCursor, SpoolDir, SpoolFile, SpoolReader};
 pub use writer::ContentWriter;
@@ -101,6 +103,9 @@ pub fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How often a shared object store is listed again to rebuild the index.
+const INDEX_REFRESH: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// A stored object's bytes as a stream, with the part of it the stream covers.
 pub struct StoredRead {
     pub total_size: u64,
@@ -114,6 +119,8 @@ pub struct Storage {
     /// The directory behind `store` when it is the local filesystem: a verified spool is then
     /// renamed into place instead of being copied.
     local_root: Option<PathBuf>,
+    /// What the store holds, kept up to date by every write and delete through here.
+    index: Arc<StoreIndex>,
     spool: Arc<SpoolDir>,
     /// Whether writes are refused for lack of space; every write reports to it.
     pressure: Arc<StoragePressure>,
@@ -136,6 +143,7 @@ impl Storage {
         Ok(Storage {
             store: Arc::new(store),
             local_root: Some(root),
+            index: Arc::default(),
             spool: Arc::new(spool),
             pressure: Arc::default(),
         })
@@ -216,6 +224,11 @@ impl Storage {
             .await
             .map_err(io_error)?;
         spool.mark_kept();
+        let size = tokio::fs::metadata(&destination)
+            .await
+            .map_err(io_error)?
+            .len();
+        self.index.put(key.as_ref(), size);
         Ok(())
     }
 
@@ -278,12 +291,16 @@ impl Storage {
 
     /// Writes a small object in one atomic put.
     pub async fn write_small(&self, key: &Path, bytes: Bytes) -> Result<(), StorageError> {
+        let size = bytes.len() as u64;
         let result = self
             .store
             .put(key, PutPayload::from_bytes(bytes))
             .await
             .map(|_| ())
             .map_err(|e| StorageError::store(key, e));
+        if result.is_ok() {
+            self.index.put(key.as_ref(), size);
+        }
         self.reported(key, result)
     }
 
@@ -313,14 +330,61 @@ impl Storage {
 
     pub async fn delete(&self, key: &Path) -> Result<(), StorageError> {
         match self.store.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.index.delete(key.as_ref());
+                Ok(())
+            }
             Err(e) => Err(StorageError::store(key, e)),
         }
     }
 
     /// Starts writing content that becomes visible at `key` only when committed.
     pub async fn begin_write(&self, key: &Path) -> Result<ContentWriter, StorageError> {
-        ContentWriter::begin(self.store.as_ref(), key, self.pressure.clone()).await
+        ContentWriter::begin(
+            self.store.as_ref(),
+            key,
+            self.index.clone(),
+            self.pressure.clone(),
+        )
+        .await
+    }
+
+    /// What the store holds, as the index knows it.
+    pub fn index(&self) -> &StoreIndex {
+        &self.index
+    }
+
+    /// Builds the index from one listing of the whole store; changes made meanwhile are kept.
+    /// Returns how many keys were listed.
+    pub async fn rebuild_index(&self) -> Result<usize, StorageError> {
+        self.index.begin_rebuild();
+        let listed: Result<Vec<(String, u64)>, _> = self
+            .store
+            .list(None)
+            .map_ok(|meta| (meta.location.to_string(), meta.size))
+            .try_collect()
+            .await;
+        match listed {
+            Ok(listed) => {
+                let count = listed.len();
+                self.index.finish_rebuild(listed);
+                Ok(count)
+            }
+            Err(e) => {
+                self.index.abandon_rebuild();
+                Err(StorageError::store(&Path::from(""), e))
+            }
+        }
+    }
+
+    /// Every key below `prefix` with when it was last written (milliseconds since the epoch).
+    pub async fn list_with_times(&self, prefix: &Path) -> Result<Vec<(Path, i64)>, StorageError> {
+        self.store
+            .list(Some(prefix))
+            .map_ok(|meta| (meta.location, meta.last_modified.timestamp_millis()))
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store(prefix, e))
     }
 
     /// The last segment of every key below `prefix`, sorted.
@@ -337,17 +401,23 @@ impl Storage {
     }
 
     /// Deletes every object last written before `cutoff_ms` (milliseconds since the Unix
-    /// epoch); returns how many. In-progress writes are invisible until committed, so they
-    /// are never listed here.
-    pub async fn remove_written_before(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+    /// epoch) for which `keep` (given the key) says no; returns how many. In-progress writes
+    /// are invisible until committed, so they are never listed here.
+    pub async fn remove_written_before(
+        &self,
+        cutoff_ms: i64,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<usize, StorageError> {
         let root = Path::from("");
+        let keep = &keep;
         let old: Vec<Path> = self
             .store
             .list(None)
             .try_filter_map(|meta| async move {
                 let old = meta.last_modified.timestamp_millis() < cutoff_ms;
                 let internal = layout::is_internal(&meta.location);
-                Ok((old && !internal).then_some(meta.location))
+                let expired = old && !internal && !keep(meta.location.as_ref());
+                Ok(expired.then_some(meta.location))
             })
             .try_collect()
             .await
@@ -358,8 +428,46 @@ impl Storage {
         Ok(old.len())
     }
 
-    /// Every repository with at least one record, sorted.
+    /// Builds the index now, in the background, and again every `refresh` on a shared object
+    /// store (another replica's writes reach this one's index then; on the filesystem this
+    /// process makes every change, so once is enough).
+    pub fn spawn_index_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let storage = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(INDEX_REFRESH);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let started = std::time::Instant::now();
+                match storage.rebuild_index().await {
+                    Ok(keys) => {
+                        let totals = storage.index.totals();
+                        tracing::info!(
+                            keys,
+                            repositories = totals.repositories,
+                            content_objects = totals.content_objects,
+                            content_bytes = totals.content_bytes,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "storage index built"
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list the store to build its index; listing it per request until it can")
+                    }
+                }
+                if storage.is_local() && storage.index.is_built() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Every repository with at least one record, sorted: from the index once it is built,
+    /// else from a walk of the store.
     pub async fn list_repositories(&self) -> Result<Vec<String>, StorageError> {
+        if self.index.is_built() {
+            return Ok(self.index.repositories());
+        }
         let prefix = Path::from(layout::REPOSITORIES);
         let repositories: BTreeSet<String> = self
             .store

@@ -8,7 +8,7 @@ use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, PutPayloadMut};
 use tokio::task::JoinSet;
 
-use super::{StorageError, StoragePressure};
+use super::{StorageError, StoragePressure, StoreIndex};
 
 /// Parts are written in chunks of this size; it bounds the memory one fill holds.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -25,6 +25,10 @@ pub struct ContentWriter {
     buffer: PutPayloadMut,
     /// Parts on their way to the store.
     parts: JoinSet<object_store::Result<()>>,
+    /// Bytes written so far: the object's size once committed.
+    written: u64,
+    /// Told about the object once it is visible.
+    index: Arc<StoreIndex>,
     /// Told whether the store took the parts and the commit.
     pressure: Arc<StoragePressure>,
 }
@@ -33,6 +37,7 @@ impl ContentWriter {
     pub(super) async fn begin(
         store: &dyn ObjectStore,
         key: &Path,
+        index: Arc<StoreIndex>,
         pressure: Arc<StoragePressure>,
     ) -> Result<Self, StorageError> {
         let upload = store
@@ -47,11 +52,14 @@ impl ContentWriter {
             upload,
             buffer: PutPayloadMut::new(),
             parts: JoinSet::new(),
+            written: 0,
+            index,
             pressure,
         })
     }
 
     pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), StorageError> {
+        self.written += bytes.len() as u64;
         while !bytes.is_empty() {
             let room = PART_SIZE - self.buffer.content_length();
             let (now, rest) = bytes.split_at(room.min(bytes.len()));
@@ -98,6 +106,7 @@ impl ContentWriter {
         }
         match self.upload.complete().await {
             Ok(_) => {
+                self.index.put(self.key.as_ref(), self.written);
                 self.pressure.stored();
                 Ok(())
             }

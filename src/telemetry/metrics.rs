@@ -102,6 +102,13 @@ struct Inner {
     uncached_serves: Family<KindReasonLabels, Counter>,
     storage_full: Gauge,
     cut_short: Family<KindLabels, Counter>,
+    cache_bytes: Gauge<i64, AtomicI64>,
+    cache_budget_bytes: Gauge<i64, AtomicI64>,
+    pinned_bytes: Gauge<i64, AtomicI64>,
+    evicted_images: Counter,
+    evicted_objects: Counter,
+    evicted_bytes: Counter,
+    last_eviction: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -129,6 +136,13 @@ impl Metrics {
             uncached_serves: registered(r, "uncached_serves", "Blobs and manifests fetched and served but not cached because storage refused the write, by kind and reason (full: no space or over quota; error: any other failure)"),
             storage_full: registered(r, "storage_full", "1 while storage refuses writes for lack of space (since the last refused write, until one succeeds), else 0"),
             cut_short: registered(r, "responses_cut_short", "Responses whose body stopped before its end (the client went away or the stream failed), by endpoint"),
+            cache_bytes: registered(r, "cache_bytes", "Bytes of cached content (blobs and manifests), as the index counts them"),
+            cache_budget_bytes: registered(r, "cache_budget_bytes", "cache.maxsize in bytes (0 without a budget)"),
+            pinned_bytes: registered(r, "cache_pinned_bytes", "Bytes of cached content that pinned images (cache.pin) keep, at the last eviction check"),
+            evicted_images: registered(r, "evicted_images", "Images (tags, and manifests no tag reaches) evicted to keep within cache.maxsize"),
+            evicted_objects: registered(r, "evicted_objects", "Content objects (blobs and manifests) deleted by eviction"),
+            evicted_bytes: registered(r, "evicted_bytes", "Bytes of content deleted by eviction"),
+            last_eviction: registered(r, "last_eviction_timestamp_seconds", "When eviction last deleted something (Unix time; 0 never)"),
             registry,
         };
         Metrics {
@@ -260,6 +274,21 @@ impl Metrics {
             .rate_limit_remaining
             .get_or_create(&labels)
             .set(remaining);
+    }
+
+    /// The cache's size against its budget, and what pins keep.
+    pub fn cache_size(&self, bytes: u64, budget: u64, pinned: u64) {
+        self.inner.cache_bytes.set(bytes as i64);
+        self.inner.cache_budget_bytes.set(budget as i64);
+        self.inner.pinned_bytes.set(pinned as i64);
+    }
+
+    /// One eviction run that deleted something.
+    pub fn evicted(&self, images: u64, objects: u64, bytes: u64, at_unix_secs: u64) {
+        self.inner.evicted_images.inc_by(images);
+        self.inner.evicted_objects.inc_by(objects);
+        self.inner.evicted_bytes.inc_by(bytes);
+        self.inner.last_eviction.set(at_unix_secs as i64);
     }
 
     /// A response body that stopped before its end.

@@ -153,3 +153,39 @@ async fn content_expires_after_proxy_ttl_and_is_fetched_again() {
     assert_eq!(mirror.pull("alpine", "latest").await, cold);
     assert_eq!(up.count(Method::GET, "/blobs/"), gets + image.blobs.len());
 }
+
+/// `proxy.ttl` counts from the last pull: an image pulled again and again is never expired and
+/// fetched again, and goes a TTL after its last pull.
+#[tokio::test]
+async fn content_pulled_within_proxy_ttl_stays_and_expires_a_ttl_after_the_last_pull() {
+    let up = FakeUpstream::start().await;
+    let image = add_alpine(&up);
+    let mirror = MirrorSetup::new(&up.url)
+        .content_ttl("2s")
+        .tag_ttl("1h")
+        .start()
+        .await;
+    let cold = mirror.pull("alpine", "latest").await;
+    let upstream_after_cold = up.registry_requests();
+    // Keep pulling for three TTLs: every pull is served from the cache.
+    let keep_pulling_until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while std::time::Instant::now() < keep_pulling_until {
+        assert_eq!(mirror.pull("alpine", "latest").await, cold);
+        assert_eq!(
+            up.registry_requests(),
+            upstream_after_cold,
+            "pulled within the TTL, so kept"
+        );
+        assert!(mirror.has_content(&image.blobs[2]));
+    }
+    // Then nobody pulls: a TTL later it is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while mirror.has_content(&image.blobs[2]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            mirror.stored_files()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

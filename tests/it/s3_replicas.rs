@@ -145,8 +145,20 @@ async fn store_requests_per_cold_and_warm_blob() {
         .content_ttl("0s")
         .start()
         .await;
-    // Once it answers, start-up (with its bucket check) is over.
+    // Once it answers, start-up (with its bucket check) is over; its listings of the bucket
+    // (the index, the published access times) run beside it, off the request path.
     assert_eq!(mirror.get("/v2/").await.status(), 200);
+    let listed = |prefix: &str| {
+        counter
+            .seen()
+            .iter()
+            .any(|s| s.path.contains("list-type") && s.path.ends_with(&format!("prefix={prefix}")))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(listed("mirror%2F") && listed("mirror%2F_cistern%2Faccess%2F")) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", counter.seen());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let path = format!("/v2/org/app/blobs/{digest}");
 
     let start = counter.seen().len();

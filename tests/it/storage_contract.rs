@@ -80,16 +80,45 @@ async fn contract(storage: Storage) {
         vec!["latest".to_owned()]
     );
 
+    // The index knows what was written, and a listing of the store agrees with it.
+    let in_index = |storage: &Storage| {
+        (
+            storage.index().repositories(),
+            storage.index().content_size("sha256:abcdef"),
+            storage.index().content_size("sha256:cdef"),
+        )
+    };
+    let expected = (
+        vec!["library/alpine".to_owned(), "org/team/app".to_owned()],
+        Some(content.len() as u64),
+        None,
+    );
+    assert_eq!(in_index(&storage), expected, "as written");
+    storage.rebuild_index().await.unwrap();
+    assert!(storage.index().is_built());
+    assert_eq!(in_index(&storage), expected, "as listed");
+
     // Deleting, twice, is fine.
     storage.delete(&tag).await.unwrap();
     storage.delete(&tag).await.unwrap();
     assert!(storage.read_small(&tag).await.unwrap().is_none());
 
     // Expiry removes what was written before the cutoff.
-    assert_eq!(storage.remove_written_before(0).await.unwrap(), 0);
+    assert_eq!(
+        storage.remove_written_before(0, |_| false).await.unwrap(),
+        0
+    );
     let later = i64::MAX;
-    assert_eq!(storage.remove_written_before(later).await.unwrap(), 2);
+    assert_eq!(
+        storage
+            .remove_written_before(later, |_| false)
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(storage.size_of(&key).await.unwrap(), None);
+    assert!(storage.index().repositories().is_empty());
+    assert_eq!(storage.index().totals().content_bytes, 0);
 }
 
 #[tokio::test]

@@ -91,6 +91,11 @@ pub struct Fills {
 }
 
 impl Fills {
+    /// The digests being fetched right now.
+    pub fn digests(&self) -> Vec<Digest> {
+        self.in_flight.keys()
+    }
+
     /// The fill in flight for `digest`, if any.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
         self.in_flight.get(digest)

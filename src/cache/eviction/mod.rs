@@ -1,0 +1,299 @@
+//! Keeping the cache within `cache.maxsize`: least recently pulled images go first, whole, and
+//! content goes only when no kept image references it (`plan.rs` decides; this file reads the
+//! cache into a snapshot, carries a plan out and runs the evictor).
+//!
+//! The evictor checks the index's byte count every few seconds (and at once when a write
+//! failed for lack of space); above the high watermark it plans down to the low one and deletes:
+//! tag records first, then links, then content. A client streaming a blob that is deleted under
+//! it keeps reading (an open file on the filesystem; a stream already under way on S3), and one
+//! whose record was deleted finds storage's 404, which means fetch again.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use plan::{Plan, Policy, RepoSnapshot, Snapshot};
+
+use super::records::{now_ms, TagRecord};
+use super::{Cache, CacheError};
+use crate::config::{Budget, CacheConfig};
+use crate::registry::{Digest, RepoName, Tag};
+use crate::storage::layout;
+
+/// How often the evictor looks at the cache's size.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// What each manifest references, read once per digest (content never changes).
+#[derive(Default)]
+pub struct References {
+    by_manifest: Mutex<HashMap<String, Arc<Vec<String>>>>,
+}
+
+/// The digests a manifest references: an index's child manifests, an image's config and
+/// layers (and an artifact's blobs). None when the bytes are not a manifest.
+fn referenced(bytes: &[u8]) -> Option<Vec<String>> {
+    let document: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let mut digests = Vec::new();
+    let mut take = |entry: &serde_json::Value| {
+        if let Some(digest) = entry.get("digest").and_then(|d| d.as_str()) {
+            digests.push(digest.to_owned());
+        }
+    };
+    if let Some(config) = document.get("config") {
+        take(config);
+    }
+    for list in ["layers", "manifests", "blobs"] {
+        for entry in document
+            .get(list)
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+        {
+            take(entry);
+        }
+    }
+    Some(digests)
+}
+
+impl Cache {
+    async fn references_of(&self, digest: &str) -> Result<Arc<Vec<String>>, CacheError> {
+        let known = self
+            .inner
+            .references
+            .by_manifest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned();
+        if let Some(known) = known {
+            return Ok(known);
+        }
+        let Ok(parsed) = digest.parse::<Digest>() else {
+            return Ok(Arc::default());
+        };
+        let bytes = self.storage().read_small(&layout::content(&parsed)).await?;
+        let references = Arc::new(bytes.as_deref().and_then(referenced).unwrap_or_default());
+        if bytes.is_some() {
+            self.inner
+                .references
+                .by_manifest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(digest.to_owned(), references.clone());
+        }
+        Ok(references)
+    }
+
+    /// The cache as the planner sees it: the index, what each tag points to, what each
+    /// manifest references, and when each was last served.
+    pub async fn eviction_snapshot(&self) -> Result<Snapshot, CacheError> {
+        let index = self.storage().index();
+        let mut snapshot = Snapshot {
+            content: index.contents().into_iter().collect(),
+            tag_served: self.inner.access.tags(),
+            content_served: self.inner.access.contents(),
+            ..Snapshot::default()
+        };
+        for (name, records) in index.all_records() {
+            let mut repo = RepoSnapshot {
+                tags: BTreeMap::new(),
+                manifests: records.manifests,
+                blobs: records.blobs,
+            };
+            if let Ok(repo_name) = RepoName::parse_shown(&name) {
+                for tag in records.tags {
+                    let Ok(parsed) = Tag::parse(&tag) else {
+                        continue;
+                    };
+                    let key = layout::tag_record(&repo_name, &parsed);
+                    // A record that cannot be read leaves its manifest an image of its own.
+                    if let Ok(Some(record)) = self.storage().read_record::<TagRecord>(&key).await {
+                        repo.tags.insert(tag, record.digest);
+                    }
+                }
+            }
+            let roots: HashSet<String> = repo
+                .manifests
+                .iter()
+                .chain(repo.tags.values())
+                .cloned()
+                .collect();
+            for digest in roots {
+                let mut pending = vec![digest];
+                while let Some(manifest) = pending.pop() {
+                    if snapshot.references.contains_key(&manifest) {
+                        continue;
+                    }
+                    let references = self.references_of(&manifest).await?;
+                    // An index's children are manifests too.
+                    pending.extend(
+                        references
+                            .iter()
+                            .filter(|d| repo.manifests.contains(*d))
+                            .cloned(),
+                    );
+                    snapshot.references.insert(manifest, references.to_vec());
+                }
+            }
+            snapshot.repositories.insert(name, repo);
+        }
+        Ok(snapshot)
+    }
+
+    /// What an eviction down to `target_bytes` would delete now.
+    pub async fn plan_eviction(
+        &self,
+        target_bytes: u64,
+        config: &CacheConfig,
+    ) -> Result<(Plan, u64), CacheError> {
+        let snapshot = self.eviction_snapshot().await?;
+        let in_flight: HashSet<String> = self
+            .fills()
+            .digests()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        let pinned = |repository: &str, tag: &str| config.pins.pins(repository, tag);
+        let policy = Policy {
+            target_bytes,
+            protect_since_ms: now_ms().saturating_sub(config.keep_recent.as_millis() as u64),
+            in_flight: &in_flight,
+            pinned: &pinned,
+        };
+        let pinned_bytes = plan::pinned_bytes(&snapshot, &pinned);
+        Ok((plan::plan(&snapshot, &policy), pinned_bytes))
+    }
+
+    /// Deletes what `plan` says: records first, then content. Returns the bytes freed.
+    pub async fn evict(&self, plan: &Plan) -> Result<u64, CacheError> {
+        let storage = self.storage();
+        for (repository, tag) in &plan.tags {
+            let (Ok(repo), Ok(tag)) = (RepoName::parse_shown(repository), Tag::parse(tag)) else {
+                continue;
+            };
+            storage.delete(&layout::tag_record(&repo, &tag)).await?;
+            self.inner.hot.forget_tag(&repo, &tag);
+        }
+        for (links, key) in [
+            (
+                &plan.manifest_links,
+                layout::manifest_link as fn(&RepoName, &Digest) -> _,
+            ),
+            (&plan.blob_links, layout::blob_link),
+        ] {
+            for (repository, digest) in links {
+                let (Ok(repo), Ok(digest)) =
+                    (RepoName::parse_shown(repository), digest.parse::<Digest>())
+                else {
+                    continue;
+                };
+                storage.delete(&key(&repo, &digest)).await?;
+            }
+        }
+        let mut freed = 0;
+        for digest in &plan.content {
+            let Ok(parsed) = digest.parse::<Digest>() else {
+                continue;
+            };
+            freed += storage.index().content_size(digest).unwrap_or(0);
+            storage.delete(&layout::content(&parsed)).await?;
+        }
+        Ok(freed)
+    }
+
+    /// One check: above the high watermark, evicts down to the low one.
+    pub async fn keep_within(&self, budget: &Budget, config: &CacheConfig) {
+        let index = self.storage().index();
+        if !index.is_built() {
+            return;
+        }
+        let before = index.totals().content_bytes;
+        if before <= budget.high_bytes {
+            self.metrics().cache_size(before, budget.max_bytes, 0);
+            return;
+        }
+        let plan = match self.plan_eviction(budget.low_bytes, config).await {
+            Ok((plan, pinned)) => {
+                self.metrics().cache_size(before, budget.max_bytes, pinned);
+                plan
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot plan an eviction; trying again shortly");
+                return;
+            }
+        };
+        if plan.content.is_empty() && plan.tags.is_empty() {
+            tracing::warn!(
+                bytes = before,
+                budget = budget.max_bytes,
+                "cache is over its budget but nothing may be evicted now (pinned, being fetched or served within cache.keeprecent)"
+            );
+            return;
+        }
+        match self.evict(&plan).await {
+            Ok(freed) => {
+                let after = index.totals().content_bytes;
+                self.metrics().evicted(
+                    plan.images.len() as u64,
+                    plan.content.len() as u64,
+                    freed,
+                    now_ms() / 1000,
+                );
+                self.metrics().cache_size(after, budget.max_bytes, 0);
+                for image in &plan.images {
+                    tracing::info!(
+                        repository = %image.repository,
+                        tag = image.tag.as_deref().unwrap_or("-"),
+                        digest = %image.digest,
+                        last_pulled_ms = image.last_pulled_ms,
+                        "evicted image (least recently pulled)"
+                    );
+                }
+                tracing::info!(
+                    images = plan.images.len(),
+                    objects = plan.content.len(),
+                    orphans = plan.orphans,
+                    freed,
+                    before,
+                    after,
+                    budget = budget.max_bytes,
+                    "evicted to keep within cache.maxsize"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "eviction stopped early; trying again shortly"),
+        }
+    }
+
+    /// Starts the evictor when `config` sets a budget.
+    pub fn spawn_evictor(&self, config: CacheConfig) -> Option<tokio::task::JoinHandle<()>> {
+        let budget = config.budget?;
+        let cache = self.clone();
+        Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(CHECK_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                cache.keep_within(&budget, &config).await;
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_name_what_they_reference() {
+        let image = br#"{"config":{"digest":"sha256:c"},"layers":[{"digest":"sha256:l1"},{"digest":"sha256:l2"}]}"#;
+        assert_eq!(
+            referenced(image).unwrap(),
+            ["sha256:c", "sha256:l1", "sha256:l2"]
+        );
+        let index = br#"{"manifests":[{"digest":"sha256:a"},{"digest":"sha256:b"}]}"#;
+        assert_eq!(referenced(index).unwrap(), ["sha256:a", "sha256:b"]);
+        assert_eq!(referenced(b"not json"), None);
+    }
+}

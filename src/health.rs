@@ -2,13 +2,15 @@
 //! takes writes: a background check writes a probe object every `health.storagedriver.interval`
 //! and readiness fails after `threshold` failures in a row (Distribution's semantics), so a
 //! load balancer stops sending pulls to a replica whose disk or bucket is gone.
+//! A store that refuses writes for lack of space is not a failure here: the mirror still
+//! serves (what is new, uncached) while eviction makes room, and `/readyz` reports it.
 //! Upstream is deliberately not part of readiness: a mirror whose upstream is down still serves
 //! everything it holds, which is the point of having one.
 
 use std::sync::{Arc, Mutex};
 
 use crate::config::StorageCheck;
-use crate::storage::Storage;
+use crate::storage::{out_of_space, Storage};
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Default)]
@@ -49,6 +51,13 @@ impl Health {
                 if result.is_err() {
                     metrics.storage_error("health");
                 }
+                let result = match result {
+                    // A full store still serves (uncached, while it evicts): every replica
+                    // on one full bucket or disk leaving the load balancer would stop every
+                    // pull. `/readyz` says since when it is full.
+                    Err(e) if out_of_space(&e) => Ok(()),
+                    other => other,
+                };
                 reported.record(
                     result.map_err(|e| format!("storage {store_name} does not take writes: {e}")),
                 );

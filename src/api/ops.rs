@@ -2,6 +2,8 @@
 //! listeners (a probe may use either); metrics only on the debug listener. None of these touch
 //! upstream, and none sit behind client authentication.
 
+use std::time::SystemTime;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -11,6 +13,7 @@ use serde_json::json;
 
 use crate::cache::Cache;
 use crate::health::Health;
+use crate::storage::PressureState;
 use crate::telemetry::METRICS_CONTENT_TYPE;
 
 #[derive(Clone)]
@@ -42,19 +45,37 @@ async fn live() -> Response {
     Json(json!({"status": "live"})).into_response()
 }
 
+/// Ready or not, with what storage's last writes said: a full store keeps the mirror ready
+/// (it still serves, uncached, while it evicts), but says since when it is full.
 async fn ready(State(state): State<OpsState>) -> Response {
+    let storage = storage_detail(&state.cache.storage_handle().pressure().state());
     match state.health.readiness() {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => Json(json!({"status": "ready", "storage": storage})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": reason})),
+            Json(json!({"status": "not ready", "reason": reason, "storage": storage})),
         )
             .into_response(),
     }
 }
 
+fn storage_detail(pressure: &PressureState) -> serde_json::Value {
+    let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let mut detail = json!({"full": pressure.full_since.is_some()});
+    if let Some(since) = time(pressure.full_since) {
+        detail["full_since"] = json!(since);
+    }
+    if let Some(last) = time(pressure.last_refused) {
+        detail["last_refused_write"] = json!(last);
+        detail["last_refused_cause"] = json!(pressure.last_cause);
+        detail["refused_writes"] = json!(pressure.refused_writes);
+    }
+    detail
+}
+
 async fn metrics(State(state): State<OpsState>) -> Response {
     let metrics = state.cache.metrics();
+    metrics.storage_full(state.cache.storage_handle().pressure().is_full());
     for (registry, quota) in state.cache.upstream_quotas() {
         metrics.rate_limit(registry.name(), quota);
     }

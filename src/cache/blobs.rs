@@ -212,27 +212,38 @@ impl Cache {
         match fill.size().await {
             Err(_) if &fill.repo != repo => {
                 let (own, outcome) = self.start_fill(repo, &fill.digest).await?;
-                self.stream_fill(own, range, outcome).await
+                self.stream_fill(repo, own, range, outcome).await
             }
             Err(e) => Err(e),
-            Ok(_) => self.stream_fill(fill, range, outcome).await,
+            Ok(_) => self.stream_fill(repo, fill, range, outcome).await,
         }
     }
 
     async fn stream_fill(
         &self,
+        repo: &RepoName,
         fill: Arc<Fill>,
         range: Option<ByteRange>,
         outcome: Outcome,
     ) -> Result<BlobAnswer, CacheError> {
         let total_size = fill.size().await?;
         let part = resolve(range, total_size)?;
-        Ok(BlobAnswer {
-            total_size,
-            body: fill.stream(part.clone()),
-            partial: part,
-            outcome,
-        })
+        match fill.stream(part.clone()) {
+            Some(body) => Ok(BlobAnswer {
+                total_size,
+                body,
+                partial: part,
+                outcome,
+            }),
+            None => {
+                // Storage refused this fill's bytes and the ones this client needs went
+                // through memory before it came: once the fill ended, ask again (a new fill,
+                // or the blob if it was stored after all).
+                fill.settled().await;
+                tokio::task::yield_now().await;
+                Box::pin(self.find_blob(repo, &fill.digest, range)).await
+            }
+        }
     }
 
     /// The size of the stored blob if `repo` may serve it. A blob stored for another
@@ -256,9 +267,15 @@ impl Cache {
             Some(link) => link.size,
             None => {
                 self.upstream(repo)?.head_blob(repo, digest).await?;
-                self.storage()
+                // Upstream confirmed it: a link storage refuses (a full disk) is asked again
+                // next time, and this pull goes on.
+                if let Err(e) = self
+                    .storage()
                     .write_record(&link_key, &BlobLink { size: file_size })
-                    .await?;
+                    .await
+                {
+                    self.not_kept("blob link", repo, &e);
+                }
                 file_size
             }
         };

@@ -11,7 +11,7 @@ use super::records::{now_ms, ManifestLink, TagRecord};
 use super::single_flight::{self, AttemptState, Role, SingleFlight};
 use super::{Cache, CacheError, Outcome};
 use crate::registry::{accepts, upstream_accept, Digest, Reference, RepoName, Tag};
-use crate::storage::layout;
+use crate::storage::{layout, StorageError};
 use crate::upstream::ManifestHead;
 
 /// A manifest to serve; `body` is None when only its headers were asked for (HEAD).
@@ -243,8 +243,13 @@ impl Cache {
                 .upstream(repo)?
                 .head_manifest(repo, &reference, &accept)
                 .await?;
-            self.link_manifest(repo, digest, &head.media_type, head.size)
-                .await?;
+            if let Err(e) = self
+                .link_manifest(repo, digest, &head.media_type, head.size)
+                .await
+            {
+                // Unlinked, it is fetched below and served from memory.
+                self.not_kept("manifest link", repo, &e);
+            }
             if let Some(answer) = self.cached_manifest(repo, digest, want_body).await? {
                 return Ok(answer.with_outcome(Outcome::Revalidated));
             }
@@ -380,9 +385,14 @@ impl Cache {
             size,
             checked_at_ms: now_ms(),
         };
-        self.storage()
+        // A tag record storage refuses is still kept in memory (for at most a minute).
+        if let Err(e) = self
+            .storage()
             .write_record(&layout::tag_record(repo, tag), &record)
-            .await?;
+            .await
+        {
+            self.not_kept("tag record", repo, &e);
+        }
         self.inner.hot.keep_tag(repo, tag, &record);
         Ok(())
     }
@@ -422,14 +432,13 @@ impl Cache {
         };
         let size = fetched.bytes.len() as u64;
         self.metrics().upstream_bytes(repo.registry().name(), size);
-        let content = layout::content(&digest);
-        if self.storage().size_of(&content).await? != Some(size) {
-            self.storage()
-                .write_small(&content, fetched.bytes.clone())
-                .await?;
+        // Verified bytes are served even when storage cannot keep them (a full disk).
+        if let Err(e) = self
+            .store_manifest(repo, &digest, &fetched.media_type, &fetched.bytes)
+            .await
+        {
+            self.served_uncached("manifest", repo, &digest, &e);
         }
-        self.link_manifest(repo, &digest, &fetched.media_type, size)
-            .await?;
         self.inner
             .hot
             .keep_manifest(repo, &digest, &fetched.media_type, &fetched.bytes);
@@ -442,21 +451,36 @@ impl Cache {
         })
     }
 
+    /// Stores a verified manifest's bytes (unless stored already) and links it to `repo`.
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &Bytes,
+    ) -> Result<(), StorageError> {
+        let size = bytes.len() as u64;
+        let content = layout::content(digest);
+        if self.storage().size_of(&content).await? != Some(size) {
+            self.storage().write_small(&content, bytes.clone()).await?;
+        }
+        self.link_manifest(repo, digest, media_type, size).await
+    }
+
     async fn link_manifest(
         &self,
         repo: &RepoName,
         digest: &Digest,
         media_type: &str,
         size: u64,
-    ) -> Result<(), CacheError> {
+    ) -> Result<(), StorageError> {
         let link = ManifestLink {
             media_type: media_type.to_owned(),
             size,
         };
         self.storage()
             .write_record(&layout::manifest_link(repo, digest), &link)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// The manifest from storage, if this repository holds it.

@@ -28,6 +28,7 @@ use fills::Fills;
 use manifests::ManifestFlights;
 pub use registries::{CachedRegistries, CachedRegistry};
 
+pub use crate::storage::{PressureState, StoragePressure};
 pub use blobs::{BlobAnswer, ByteRange};
 pub use manifests::ManifestAnswer;
 pub use outcome::Outcome;
@@ -156,6 +157,42 @@ impl Cache {
     /// The storage behind the cache, for health checks.
     pub fn storage_handle(&self) -> &Storage {
         &self.inner.storage
+    }
+
+    /// Whether storage refuses writes for lack of space, and the signal an evictor waits on
+    /// (`StoragePressure::refusal`).
+    pub fn storage_pressure(&self) -> &Arc<StoragePressure> {
+        self.inner.storage.pressure()
+    }
+
+    /// Storage refused to keep something a client is served anyway (`what`, e.g. a tag
+    /// record or a link): counted and logged with its cause; the pull goes on.
+    fn not_kept(&self, what: &'static str, repo: &RepoName, error: &StorageError) {
+        self.metrics().storage_error("request");
+        let reason = if error.is_out_of_space() {
+            "full"
+        } else {
+            "error"
+        };
+        tracing::warn!(registry = %repo.registry(), repository = %repo, what, reason, error = %error, "storage refused a write; serving without it");
+    }
+
+    /// A verified manifest served without being cached, because storage refused it.
+    fn served_uncached(
+        &self,
+        kind: &'static str,
+        repo: &RepoName,
+        digest: &Digest,
+        error: &StorageError,
+    ) {
+        let reason = if error.is_out_of_space() {
+            "full"
+        } else {
+            "error"
+        };
+        self.metrics().storage_error("request");
+        self.metrics().uncached_serve(kind, reason);
+        tracing::warn!(registry = %repo.registry(), repository = %repo, %digest, reason, error = %error, "verified {kind} served without being cached: storage refused it");
     }
 
     fn fills(&self) -> &Fills {

@@ -26,13 +26,7 @@ impl Storage {
         let (store, name): (Arc<dyn ObjectStore>, String) = match config {
             StorageConfig::Filesystem { root_directory } => {
                 let storage = Storage::filesystem(root_directory)?;
-                storage
-                    .check_writable()
-                    .await
-                    .map_err(|source| StorageError::Unreachable {
-                        store: config.describe(),
-                        source,
-                    })?;
+                storage.check_at_start(config.describe()).await?;
                 return Ok(storage);
             }
             StorageConfig::InMemory => (Arc::new(InMemory::new()), config.describe()),
@@ -93,24 +87,39 @@ impl Storage {
                     source,
                 })?,
             ),
+            pressure: Arc::default(),
         };
-        storage
-            .check_writable()
-            .await
-            .map_err(|source| StorageError::Unreachable {
-                store: name,
-                source,
-            })?;
+        storage.check_at_start(name).await?;
         Ok(storage)
     }
 
+    /// The probe at start: a store that does not take writes stops start-up, except a full
+    /// one, which cistern serves from (uncached for what is new) while space is made.
+    async fn check_at_start(&self, store: String) -> Result<(), StorageError> {
+        match self.check_writable().await {
+            Ok(()) => Ok(()),
+            Err(e) if super::out_of_space(&e) => {
+                tracing::warn!(store, error = %e, "storage is full at start; serving, and caching again once a write succeeds");
+                Ok(())
+            }
+            Err(source) => Err(StorageError::Unreachable { store, source }),
+        }
+    }
+
     /// Writes the probe object: the store exists and takes writes with these credentials.
+    /// A probe refused for lack of space marks the store full (`pressure`); one that
+    /// succeeds marks it writable again.
     pub async fn check_writable(&self) -> Result<(), object_store::Error> {
         let probe = PutPayload::from_static(b"cistern checks it can write here\n");
-        self.store
-            .put(&Path::from(layout::INTERNAL).child(PROBE_KEY), probe)
-            .await
-            .map(|_| ())
+        let key = Path::from(layout::INTERNAL).child(PROBE_KEY);
+        let result = self.store.put(&key, probe).await.map(|_| ());
+        match &result {
+            Ok(()) => self.pressure.stored(),
+            Err(e) => {
+                self.pressure.refused(key.as_ref(), e);
+            }
+        }
+        result
     }
 }
 

@@ -5,7 +5,9 @@ mod backends;
 mod index;
 pub mod layout;
 mod local_read;
+mod pressure;
 mod read_buffers;
+mod relay;
 mod spool;
 mod writer;
 
@@ -23,7 +25,8 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use index::{Records, StoreIndex, Totals};
-pub use spool::{SpoolAppender, SpoolDir, SpoolFile, SpoolReader};
+pub use pressure::{PressureState, Refusal, StoragePressure};
+pub use spool::{SpoolAppender, SpoolCursor, SpoolDir, SpoolFile, SpoolReader};
 pub use writer::ContentWriter;
 
 /// A storage failure, naming the key it happened on.
@@ -60,6 +63,44 @@ impl StorageError {
             source,
         }
     }
+
+    /// Whether the store refused for lack of space (see `out_of_space`).
+    pub fn is_out_of_space(&self) -> bool {
+        out_of_space(self)
+    }
+}
+
+/// What object stores and disks say when they are full or over quota: the texts of ENOSPC and
+/// EDQUOT, S3's and Ceph RGW's `QuotaExceeded`, MinIO's `XMinioStorageFull`, HTTP 507.
+const OUT_OF_SPACE: [&str; 6] = [
+    "No space left on device",
+    "Disk quota exceeded",
+    "QuotaExceeded",
+    "XMinioStorageFull",
+    "InsufficientStorage",
+    "507 Insufficient Storage",
+];
+
+/// Whether `error`, or an error it was caused by, says the store is out of space (a full
+/// disk or bucket, a quota), rather than broken or refusing for another reason.
+pub fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) {
+                return true;
+            }
+        }
+        let text = error.to_string();
+        if OUT_OF_SPACE.iter().any(|words| text.contains(words)) {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// How often a shared object store is listed again to rebuild the index.
@@ -81,6 +122,8 @@ pub struct Storage {
     /// What the store holds, kept up to date by every write and delete through here.
     index: Arc<StoreIndex>,
     spool: Arc<SpoolDir>,
+    /// Whether writes are refused for lack of space; every write reports to it.
+    pressure: Arc<StoragePressure>,
 }
 
 impl Storage {
@@ -102,6 +145,7 @@ impl Storage {
             local_root: Some(root),
             index: Arc::default(),
             spool: Arc::new(spool),
+            pressure: Arc::default(),
         })
     }
 
@@ -113,6 +157,22 @@ impl Storage {
     /// Where fills spool the blobs they fetch.
     pub fn spool(&self) -> &SpoolDir {
         &self.spool
+    }
+
+    /// Whether the store is full, as its last writes said; shared by every clone.
+    pub fn pressure(&self) -> &Arc<StoragePressure> {
+        &self.pressure
+    }
+
+    /// Tells the pressure how a write to `key` went, and passes the result on.
+    fn reported<T>(&self, key: &Path, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        match &result {
+            Ok(_) => self.pressure.stored(),
+            Err(e) => {
+                self.pressure.refused(key.as_ref(), e);
+            }
+        }
+        result
     }
 
     /// On an object store, the upload a fill streams a blob into while it arrives; it becomes
@@ -134,6 +194,11 @@ impl Storage {
         key: &Path,
         spool: &mut SpoolFile,
     ) -> Result<(), StorageError> {
+        let result = self.rename_spool(key, spool).await;
+        self.reported(key, result)
+    }
+
+    async fn rename_spool(&self, key: &Path, spool: &mut SpoolFile) -> Result<(), StorageError> {
         let io_error = |source| StorageError::Io {
             key: key.to_string(),
             source,
@@ -143,6 +208,13 @@ impl Storage {
                 "only a filesystem store takes spools; object stores take uploads",
             )));
         };
+        if let Some(cause) = spool.overflowed() {
+            // Part of the blob went through memory: the file does not hold it all.
+            return Err(io_error(std::io::Error::new(
+                cause.kind(),
+                format!("the spool could not take the whole blob: {cause}"),
+            )));
+        }
         spool.sync().await.map_err(io_error)?;
         let destination = root.join(key.as_ref());
         if let Some(parent) = destination.parent() {
@@ -220,12 +292,16 @@ impl Storage {
     /// Writes a small object in one atomic put.
     pub async fn write_small(&self, key: &Path, bytes: Bytes) -> Result<(), StorageError> {
         let size = bytes.len() as u64;
-        self.store
+        let result = self
+            .store
             .put(key, PutPayload::from_bytes(bytes))
             .await
-            .map_err(|e| StorageError::store(key, e))?;
-        self.index.put(key.as_ref(), size);
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| StorageError::store(key, e));
+        if result.is_ok() {
+            self.index.put(key.as_ref(), size);
+        }
+        self.reported(key, result)
     }
 
     pub async fn read_record<T: DeserializeOwned>(
@@ -264,7 +340,13 @@ impl Storage {
 
     /// Starts writing content that becomes visible at `key` only when committed.
     pub async fn begin_write(&self, key: &Path) -> Result<ContentWriter, StorageError> {
-        ContentWriter::begin(self.store.as_ref(), key, self.index.clone()).await
+        ContentWriter::begin(
+            self.store.as_ref(),
+            key,
+            self.index.clone(),
+            self.pressure.clone(),
+        )
+        .await
     }
 
     /// What the store holds, as the index knows it.

@@ -70,6 +70,12 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindReasonLabels {
+    kind: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -93,6 +99,8 @@ struct Inner {
     rate_limit_limit: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
     rate_limit_remaining: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
     storage_errors: Family<OperationLabels, Counter>,
+    uncached_serves: Family<KindReasonLabels, Counter>,
+    storage_full: Gauge,
     cut_short: Family<KindLabels, Counter>,
     cache_bytes: Gauge<i64, AtomicI64>,
     cache_budget_bytes: Gauge<i64, AtomicI64>,
@@ -125,6 +133,8 @@ impl Metrics {
             rate_limit_limit: registered(r, "upstream_ratelimit_limit", "The registry's ratelimit-limit (Docker Hub's pull quota), as last reported (-1 before any report)"),
             rate_limit_remaining: registered(r, "upstream_ratelimit_remaining", "The registry's ratelimit-remaining (Docker Hub's pull quota), as last reported (-1 before any report)"),
             storage_errors: registered(r, "storage_errors", "Storage operations that failed, by where (request, fill, health)"),
+            uncached_serves: registered(r, "uncached_serves", "Blobs and manifests fetched and served but not cached because storage refused the write, by kind and reason (full: no space or over quota; error: any other failure)"),
+            storage_full: registered(r, "storage_full", "1 while storage refuses writes for lack of space (since the last refused write, until one succeeds), else 0"),
             cut_short: registered(r, "responses_cut_short", "Responses whose body stopped before its end (the client went away or the stream failed), by endpoint"),
             cache_bytes: registered(r, "cache_bytes", "Bytes of cached content (blobs and manifests), as the index counts them"),
             cache_budget_bytes: registered(r, "cache_budget_bytes", "cache.maxsize in bytes (0 without a budget)"),
@@ -235,6 +245,19 @@ impl Metrics {
             .storage_errors
             .get_or_create(&OperationLabels { operation })
             .inc();
+    }
+
+    /// A blob or manifest served without being cached, because storage refused it.
+    pub fn uncached_serve(&self, kind: &'static str, reason: &'static str) {
+        self.inner
+            .uncached_serves
+            .get_or_create(&KindReasonLabels { kind, reason })
+            .inc();
+    }
+
+    /// Whether storage refuses writes for lack of space right now.
+    pub fn storage_full(&self, full: bool) {
+        self.inner.storage_full.set(i64::from(full));
     }
 
     /// Records the pull quota `registry` last reported; None before any report.

@@ -10,6 +10,7 @@ mod crash;
 mod fault_proxy_selftest;
 mod faults;
 mod freshness;
+mod full_disk;
 mod gc;
 mod graceful_shutdown;
 mod hostile_clients;

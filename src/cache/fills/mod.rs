@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::single_flight::{AttemptState, Role, SingleFlight};
 use super::CacheError;
 use crate::registry::{Digest, RepoName};
-use crate::storage::{SpoolReader, Storage, StorageError};
+use crate::storage::{SpoolFile, SpoolReader, Storage};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 pub use rate_floor::RateFloor;
@@ -114,14 +114,12 @@ impl Fills {
             state: FillState::Connecting,
         };
         self.in_flight.join_or_start(digest, initial, |progress| {
-            let spool = inputs
-                .storage
-                .spool()
-                .create(digest.hex())
-                .map_err(|source| StorageError::Io {
-                    key: inputs.storage.spool().path().display().to_string(),
-                    source,
-                })?;
+            // A spool that cannot even be created (a full disk, no inodes left) does not stop
+            // the fill: its bytes go through memory, and the blob is not cached from it.
+            let spool = match inputs.storage.spool().create(digest.hex()) {
+                Ok(spool) => spool,
+                Err(cause) => SpoolFile::in_memory(cause),
+            };
             let readers = Arc::new(AtomicUsize::new(0));
             let fill = Arc::new(Fill {
                 repo: repo.clone(),
@@ -151,6 +149,12 @@ impl Fill {
             FillState::Failed(e) => Err(CacheError::Shared(e)),
             _ => Ok(progress.total),
         }
+    }
+
+    /// Waits until the fill ended, verified or failed.
+    pub async fn settled(&self) {
+        let mut progress = self.progress.clone();
+        let _ = progress.wait_for(|p| p.is_settled()).await;
     }
 
     fn watch(&self) -> watch::Receiver<Progress> {

@@ -14,13 +14,13 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::{Fill, FillState, Progress, Reading};
-use crate::storage::SpoolReader;
+use crate::storage::SpoolCursor;
 
 /// The most read from the spool at once for one client.
 const READ_CHUNK: usize = 256 * 1024;
 
 struct Tail {
-    reader: SpoolReader,
+    reader: SpoolCursor,
     progress: watch::Receiver<Progress>,
     /// Next byte to send.
     position: u64,
@@ -34,25 +34,32 @@ struct Tail {
 }
 
 impl Fill {
-    /// The bytes of `range` (the whole blob when None) as the fill writes them.
+    /// The bytes of `range` (the whole blob when None) as the fill writes them; None when
+    /// the fill could not keep them (storage refused them, and they went through the relay
+    /// in memory before this client came).
     pub fn stream(
         self: &Arc<Self>,
         range: Option<Range<u64>>,
-    ) -> BoxStream<'static, std::io::Result<Bytes>> {
+    ) -> Option<BoxStream<'static, std::io::Result<Bytes>>> {
+        let position = range.as_ref().map_or(0, |r| r.start);
         let tail = Tail {
-            reader: self.reader.clone(),
+            reader: self.reader.cursor(position),
             progress: self.watch(),
-            position: range.as_ref().map_or(0, |r| r.start),
+            position,
             end: range.map(|r| r.end),
             fill_gone: false,
             done: false,
             _reading: self.reading(),
         };
-        futures::stream::unfold(tail, |mut tail| async move {
+        // Checked once the cursor holds the client's place, so the bytes cannot go meanwhile.
+        if !self.reader.holds_from(position) {
+            return None;
+        }
+        let stream = futures::stream::unfold(tail, |mut tail| async move {
             let item = tail.next_chunk().await?;
             Some((item, tail))
-        })
-        .boxed()
+        });
+        Some(stream.boxed())
     }
 }
 
@@ -87,7 +94,7 @@ impl Tail {
                     Ok(bytes) if bytes.is_empty() => self.fail("the spool ended early".to_owned()),
                     Ok(bytes) => {
                         self.position += bytes.len() as u64;
-                        Some(Ok(Bytes::from(bytes)))
+                        Some(Ok(bytes))
                     }
                     Err(e) => self.fail(format!("reading the spool: {e}")),
                 };

@@ -17,7 +17,7 @@ use crate::cache::records::BlobLink;
 use crate::cache::single_flight::Publisher;
 use crate::cache::{blob_unknown, CacheError};
 use crate::registry::{Digest, RepoName};
-use crate::storage::{layout, ContentWriter, SpoolFile};
+use crate::storage::{layout, ContentWriter, Refusal, SpoolFile, StorageError};
 use crate::upstream::Resumed;
 
 /// Times a broken download is resumed before the fill gives up.
@@ -47,6 +47,16 @@ pub(super) struct FillTask {
     arrived: u64,
     /// Where the fill's time went, logged with the cached blob.
     phases: Phases,
+    /// Why the blob will not be cached, once storage refused it (the first refusal): the
+    /// fill goes on for its clients, and says so once when it ends.
+    uncached: Option<Uncached>,
+}
+
+/// Storage refused a fill's blob.
+struct Uncached {
+    key: String,
+    cause: String,
+    reason: Refusal,
 }
 
 /// Milliseconds spent in each phase of a fill.
@@ -87,6 +97,7 @@ impl FillTask {
             upload: None,
             readers,
             phases: Phases::default(),
+            uncached: None,
         }
     }
 
@@ -100,8 +111,7 @@ impl FillTask {
             Ok(upload) => upload,
             Err(e) => {
                 // Clients still get the verified blob from the spool; it is just not kept.
-                self.inputs.metrics.storage_error("fill");
-                tracing::error!(error = %e, "cannot start storing the blob; serving it uncached");
+                self.refused(&key, &e);
                 None
             }
         };
@@ -288,8 +298,7 @@ impl FillTask {
             }
             if let Some(upload) = self.upload.as_mut() {
                 if let Err(e) = upload.write(&chunk).await {
-                    self.inputs.metrics.storage_error("fill");
-                    tracing::error!(error = %e, "cannot store the blob; serving it uncached");
+                    self.refused(&layout::content(&self.digest), &e);
                     self.upload.take().expect("upload present").abort().await;
                 }
             }
@@ -331,39 +340,63 @@ impl FillTask {
         })
     }
 
+    /// Remembers the first refusal of storage to take the blob (the fill goes on uncached).
+    fn refused(&mut self, key: &object_store::path::Path, error: &StorageError) {
+        self.inputs.metrics.storage_error("fill");
+        if self.uncached.is_none() {
+            self.uncached = Some(Uncached {
+                key: key.to_string(),
+                cause: error.to_string(),
+                reason: if error.is_out_of_space() {
+                    Refusal::Full
+                } else {
+                    Refusal::Error
+                },
+            });
+        }
+    }
+
     /// Stores the verified blob (renaming the spool, or completing the upload) and links it to
-    /// the repository. A failure here
-    /// costs only the caching: every client already has (or is reading) verified bytes.
+    /// the repository. A failure here costs only the caching: every client already has (or is
+    /// reading) verified bytes.
     async fn commit(&mut self, size: u64) {
         let started = Instant::now();
         let storage = self.inputs.storage.clone();
         let key = layout::content(&self.digest);
         let link = layout::blob_link(&self.repo, &self.digest);
-        let stored = if storage.is_local() {
-            storage.commit_spool(&key, &mut self.spool).await
-        } else {
-            match self.upload.take() {
-                Some(upload) => upload.commit().await,
-                None => return, // storing failed earlier and was logged then
+        if self.uncached.is_none() {
+            let stored = if storage.is_local() {
+                storage.commit_spool(&key, &mut self.spool).await
+            } else if let Some(upload) = self.upload.take() {
+                upload.commit().await
+            } else {
+                Ok(())
+            };
+            let linked = match stored {
+                Ok(()) => storage
+                    .write_record(&link, &BlobLink { size })
+                    .await
+                    .map_err(|e| (link, e)),
+                Err(e) => Err((key, e)),
+            };
+            if let Err((key, e)) = linked {
+                self.refused(&key, &e);
             }
-        };
-        let committed = match stored {
-            Ok(()) => storage.write_record(&link, &BlobLink { size }).await,
-            Err(e) => Err(e),
-        };
+        }
         self.phases.store_ms = started.elapsed().as_millis();
         let Phases {
             download_ms,
             drain_ms,
             store_ms,
         } = self.phases;
-        match committed {
-            Ok(()) => {
-                tracing::info!(registry = %self.repo.registry(), repository = %self.repo, digest = %self.digest, size, download_ms, drain_ms, store_ms, "cached blob")
+        let (registry, repository, digest) = (self.repo.registry(), &self.repo, &self.digest);
+        match &self.uncached {
+            None => {
+                tracing::info!(%registry, %repository, %digest, size, download_ms, drain_ms, store_ms, "cached blob")
             }
-            Err(e) => {
-                self.inputs.metrics.storage_error("fill");
-                tracing::error!(error = %e, "verified blob could not be cached")
+            Some(Uncached { key, cause, reason }) => {
+                self.inputs.metrics.uncached_serve("blob", reason.label());
+                tracing::warn!(%registry, %repository, %digest, size, key, cause, reason = reason.label(), "verified blob served without being cached: storage refused it");
             }
         }
     }

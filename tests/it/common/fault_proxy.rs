@@ -43,6 +43,9 @@ pub enum Fault {
     Corrupt,
     /// Forward, sending the body at about this many bytes per second in 16 KiB pieces.
     Slow { bytes_per_sec: u64 },
+    /// Answer this status with an S3 error document of this code (e.g. 403 `QuotaExceeded`,
+    /// what Ceph RGW says to a write over quota), without forwarding.
+    S3Error(u16, &'static str),
 }
 
 /// One request the proxy received, whether or not it was forwarded.
@@ -77,6 +80,8 @@ struct Shared {
 }
 
 struct Rule {
+    /// Only requests with this method match; any method when None.
+    method: Option<Method>,
     path_fragment: String,
     fault: Fault,
     remaining: usize,
@@ -131,6 +136,18 @@ impl FaultProxy {
     /// Rules are checked in insertion order; a rule with times exhausted is ignored.
     pub fn inject(&self, path_fragment: &str, fault: Fault, times: usize) {
         self.shared.rules.lock().unwrap().push(Rule {
+            method: None,
+            path_fragment: path_fragment.to_owned(),
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// As `inject`, for requests with `method` only (e.g. the PUTs of an object store's
+    /// writes, not the GETs of the same keys).
+    pub fn inject_method(&self, method: Method, path_fragment: &str, fault: Fault, times: usize) {
+        self.shared.rules.lock().unwrap().push(Rule {
+            method: Some(method),
             path_fragment: path_fragment.to_owned(),
             fault,
             remaining: times,
@@ -203,11 +220,13 @@ impl FaultProxy {
 
 impl Shared {
     /// The fault of the first live rule matching `path_and_query`, using up one of its times.
-    fn take_fault(&self, path_and_query: &str) -> Option<Fault> {
+    fn take_fault(&self, method: &Method, path_and_query: &str) -> Option<Fault> {
         let mut rules = self.rules.lock().unwrap();
-        let rule = rules
-            .iter_mut()
-            .find(|r| r.remaining > 0 && path_and_query.contains(&r.path_fragment))?;
+        let rule = rules.iter_mut().find(|r| {
+            r.remaining > 0
+                && r.method.as_ref().is_none_or(|m| m == method)
+                && path_and_query.contains(&r.path_fragment)
+        })?;
         rule.remaining -= 1;
         Some(rule.fault)
     }
@@ -269,9 +288,16 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         range,
     });
 
-    let fault = shared.take_fault(&path_and_query);
+    let fault = shared.take_fault(&method, &path_and_query);
     if let Some(Fault::Status(status, retry_after)) = fault {
         return injected_status(status, retry_after);
+    }
+    if let Some(Fault::S3Error(status, code)) = fault {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by fault proxy</Message></Error>"
+        );
+        let status = StatusCode::from_u16(status).expect("a valid HTTP status");
+        return (status, [(header::CONTENT_TYPE, "application/xml")], body).into_response();
     }
 
     let fetch = request

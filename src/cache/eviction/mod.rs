@@ -24,6 +24,8 @@ use crate::storage::layout;
 
 /// How often the evictor looks at the cache's size.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// On a full store, eviction frees this fraction (1/n) of what is stored at least.
+const FULL_DISK_SHARE: u64 = 10;
 
 /// What each manifest references, read once per digest (content never changes).
 #[derive(Default)]
@@ -206,20 +208,35 @@ impl Cache {
         Ok(freed)
     }
 
-    /// One check: above the high watermark, evicts down to the low one.
-    pub async fn keep_within(&self, budget: &Budget, config: &CacheConfig) {
+    /// One check: above the high watermark (or when storage refused a write for lack of
+    /// space), evicts down to the low one (or by a tenth of what is stored).
+    pub async fn keep_within(
+        &self,
+        budget: Option<&Budget>,
+        storage_full: bool,
+        config: &CacheConfig,
+    ) {
         let index = self.storage().index();
         if !index.is_built() {
             return;
         }
         let before = index.totals().content_bytes;
-        if before <= budget.high_bytes {
-            self.metrics().cache_size(before, budget.max_bytes, 0);
+        let max_bytes = budget.map_or(0, |b| b.max_bytes);
+        let over_budget = budget.is_some_and(|b| before > b.high_bytes);
+        if !over_budget && !storage_full {
+            self.metrics().cache_size(before, max_bytes, 0);
             return;
         }
-        let plan = match self.plan_eviction(budget.low_bytes, config).await {
+        // A full disk before the budget is reached (or with none): make room all the same.
+        let room = before - before / FULL_DISK_SHARE;
+        let target = match budget {
+            Some(b) if storage_full => b.low_bytes.min(room),
+            Some(b) => b.low_bytes,
+            None => room,
+        };
+        let plan = match self.plan_eviction(target, config).await {
             Ok((plan, pinned)) => {
-                self.metrics().cache_size(before, budget.max_bytes, pinned);
+                self.metrics().cache_size(before, max_bytes, pinned);
                 plan
             }
             Err(e) => {
@@ -230,7 +247,8 @@ impl Cache {
         if plan.content.is_empty() && plan.tags.is_empty() {
             tracing::warn!(
                 bytes = before,
-                budget = budget.max_bytes,
+                budget = max_bytes,
+                storage_full,
                 "cache is over its budget but nothing may be evicted now (pinned, being fetched or served within cache.keeprecent)"
             );
             return;
@@ -244,7 +262,7 @@ impl Cache {
                     freed,
                     now_ms() / 1000,
                 );
-                self.metrics().cache_size(after, budget.max_bytes, 0);
+                self.metrics().cache_size(after, max_bytes, 0);
                 for image in &plan.images {
                     tracing::info!(
                         repository = %image.repository,
@@ -261,26 +279,39 @@ impl Cache {
                     freed,
                     before,
                     after,
-                    budget = budget.max_bytes,
-                    "evicted to keep within cache.maxsize"
+                    budget = max_bytes,
+                    storage_full,
+                    "evicted to keep within cache.maxsize, or to make room on a full store"
                 );
             }
             Err(e) => tracing::warn!(error = %e, "eviction stopped early; trying again shortly"),
         }
     }
 
-    /// Starts the evictor when `config` sets a budget.
-    pub fn spawn_evictor(&self, config: CacheConfig) -> Option<tokio::task::JoinHandle<()>> {
-        let budget = config.budget?;
+    /// Starts the evictor: every few seconds against `cache.maxsize` when it is set, and at
+    /// once whenever storage refuses a write for lack of space, with or without a budget.
+    pub fn spawn_evictor(&self, config: CacheConfig) -> tokio::task::JoinHandle<()> {
         let cache = self.clone();
-        Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut ticker = tokio::time::interval(CHECK_EVERY);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_check: Option<std::time::Instant> = None;
             loop {
-                ticker.tick().await;
-                cache.keep_within(&budget, &config).await;
+                let refused = tokio::select! {
+                    _ = ticker.tick(), if config.budget.is_some() => false,
+                    _ = cache.storage_pressure().refusal() => true,
+                };
+                // Every refused write wakes the evictor; one check per interval is enough.
+                if refused && last_check.is_some_and(|at| at.elapsed() < CHECK_EVERY) {
+                    continue;
+                }
+                last_check = Some(std::time::Instant::now());
+                let full = refused || cache.storage_pressure().is_full();
+                cache
+                    .keep_within(config.budget.as_ref(), full, &config)
+                    .await;
             }
-        }))
+        })
     }
 }
 

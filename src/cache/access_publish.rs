@@ -22,7 +22,7 @@ fn folder() -> Path {
 }
 
 /// This process's name among the replicas: the host and the process id.
-fn replica_id() -> String {
+pub(super) fn replica_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -86,7 +86,7 @@ impl Cache {
             if let Err(e) = cache.load_access_times(None).await {
                 tracing::warn!(error = %e, "cannot read the published access times");
             }
-            let replica = replica_id();
+            let replica = cache.inner.replica.clone();
             let mut published_at = cache.inner.access.recordings();
             let mut ticker = tokio::time::interval(PUBLISH_EVERY);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

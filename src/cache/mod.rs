@@ -103,6 +103,8 @@ struct Inner {
     access: AccessTimes,
     /// What each manifest references, for eviction.
     references: eviction::References,
+    /// This process among the replicas of a shared store (`<host>-<pid>`).
+    replica: String,
     metrics: Metrics,
 }
 
@@ -117,6 +119,7 @@ impl Cache {
                 hot: hot::Hot::default(),
                 access: AccessTimes::default(),
                 references: eviction::References::default(),
+                replica: access_publish::replica_id(),
                 metrics,
             }),
         }

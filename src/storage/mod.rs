@@ -349,6 +349,24 @@ impl Storage {
         .await
     }
 
+    /// Writes a small object only if none is at `key`: false when one is (S3's
+    /// `If-None-Match: *`, an exclusive create on the filesystem).
+    pub async fn create_small(&self, key: &Path, bytes: Bytes) -> Result<bool, StorageError> {
+        let options = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(key, PutPayload::from_bytes(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(StorageError::store(key, e)),
+        }
+    }
+
     /// What the store holds, as the index knows it.
     pub fn index(&self) -> &StoreIndex {
         &self.index

@@ -109,6 +109,7 @@ struct Inner {
     evicted_objects: Counter,
     evicted_bytes: Counter,
     last_eviction: Gauge<i64, AtomicI64>,
+    eviction_deferred: Counter,
 }
 
 impl Default for Metrics {
@@ -143,6 +144,7 @@ impl Metrics {
             evicted_objects: registered(r, "evicted_objects", "Content objects (blobs and manifests) deleted by eviction"),
             evicted_bytes: registered(r, "evicted_bytes", "Bytes of content deleted by eviction"),
             last_eviction: registered(r, "last_eviction_timestamp_seconds", "When eviction last deleted something (Unix time; 0 never)"),
+            eviction_deferred: registered(r, "eviction_deferred", "Checks over budget that left eviction to another replica holding the eviction lease"),
             registry,
         };
         Metrics {
@@ -289,6 +291,11 @@ impl Metrics {
         self.inner.evicted_objects.inc_by(objects);
         self.inner.evicted_bytes.inc_by(bytes);
         self.inner.last_eviction.set(at_unix_secs as i64);
+    }
+
+    /// An eviction left to the replica holding the lease.
+    pub fn eviction_deferred(&self) {
+        self.inner.eviction_deferred.inc();
     }
 
     /// A response body that stopped before its end.

@@ -98,6 +98,27 @@ async fn contract(storage: Storage) {
     assert!(storage.index().is_built());
     assert_eq!(in_index(&storage), expected, "as listed");
 
+    // A create-only write: exactly one of two writers gets it (the eviction lease).
+    let lease = Path::from("_cistern/lease-test");
+    assert!(storage
+        .create_small(&lease, Bytes::from_static(b"a"))
+        .await
+        .unwrap());
+    assert!(!storage
+        .create_small(&lease, Bytes::from_static(b"b"))
+        .await
+        .unwrap());
+    assert_eq!(
+        storage.read_small(&lease).await.unwrap().unwrap(),
+        Bytes::from_static(b"a")
+    );
+    storage.delete(&lease).await.unwrap();
+    assert!(storage
+        .create_small(&lease, Bytes::from_static(b"c"))
+        .await
+        .unwrap());
+    storage.delete(&lease).await.unwrap();
+
     // Deleting, twice, is fine.
     storage.delete(&tag).await.unwrap();
     storage.delete(&tag).await.unwrap();

@@ -8,6 +8,7 @@
 //! it keeps reading (an open file on the filesystem; a stream already under way on S3), and one
 //! whose record was deleted finds storage's 404, which means fetch again.
 
+mod lease;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -234,6 +235,32 @@ impl Cache {
             Some(b) => b.low_bytes,
             None => room,
         };
+        // Replicas of one bucket evict one at a time.
+        let lease = match lease::Lease::take(self.storage(), &self.inner.replica).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                self.metrics().eviction_deferred();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the eviction lease; trying again shortly");
+                return;
+            }
+        };
+        self.evict_down_to(target, before, max_bytes, storage_full, config)
+            .await;
+        lease.release().await;
+    }
+
+    async fn evict_down_to(
+        &self,
+        target: u64,
+        before: u64,
+        max_bytes: u64,
+        storage_full: bool,
+        config: &CacheConfig,
+    ) {
+        let index = self.storage().index();
         let plan = match self.plan_eviction(target, config).await {
             Ok((plan, pinned)) => {
                 self.metrics().cache_size(before, max_bytes, pinned);

@@ -222,8 +222,14 @@ pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
             .tag
             .as_deref()
             .is_some_and(|tag| (policy.pinned)(&image.repository, tag));
-        let protected = image.last_pulled_ms >= policy.protect_since_ms
-            || image.closure.iter().any(|d| policy.in_flight.contains(d));
+        // Content only this image holds that is being fetched or was just served (a client
+        // reading a layer of it) could not go with it: evicting the rest would leave that
+        // content an orphan and free nothing, so the whole image stays.
+        let in_use = |d: &String| {
+            policy.in_flight.contains(d) || (held.get(d).is_some_and(|n| *n == 1) && untouchable(d))
+        };
+        let protected =
+            image.last_pulled_ms >= policy.protect_since_ms || image.closure.iter().any(in_use);
         if pinned || protected {
             continue;
         }
@@ -401,6 +407,33 @@ mod tests {
             },
         );
         assert!(plan.images.iter().all(|i| i.repository != "ghcr.io/o/app"));
+    }
+
+    #[test]
+    fn an_image_whose_own_layer_was_just_read_stays_whole_but_a_shared_layer_protects_nobody() {
+        let mut s = snapshot();
+        // A client read library/app:1's own top layer just now: that image stays, whole,
+        // and the next least recently pulled goes instead.
+        s.content_served.insert("old-top".into(), 5000);
+        let plan = run(&s, 350, &|_, _| false);
+        let tags: Vec<_> = plan
+            .images
+            .iter()
+            .map(|i| (i.repository.as_str(), i.tag.as_deref()))
+            .collect();
+        assert_eq!(tags, [("ghcr.io/o/app", Some("1"))]);
+        assert!(!plan.content.contains(&"old-top".to_owned()));
+        assert!(!plan
+            .tags
+            .contains(&("library/app".to_owned(), "1".to_owned())));
+
+        // The shared base layer read just now protects no image: it simply stays.
+        let mut s = snapshot();
+        s.content_served.insert("base".into(), 5000);
+        let plan = run(&s, 350, &|_, _| false);
+        assert_eq!(plan.images.len(), 1);
+        assert_eq!(plan.images[0].tag.as_deref(), Some("1"));
+        assert_eq!(plan.images[0].repository, "library/app");
     }
 
     #[test]

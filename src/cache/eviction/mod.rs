@@ -211,13 +211,14 @@ impl Cache {
         }
         let before = index.totals().content_bytes;
         if before <= budget.high_bytes {
-            self.metrics().cache_size(before, budget.max_bytes, 0);
+            self.metrics().cache_size(before, budget.max_bytes, None);
             return;
         }
-        let plan = match self.plan_eviction(budget.low_bytes, config).await {
+        let (plan, pinned) = match self.plan_eviction(budget.low_bytes, config).await {
             Ok((plan, pinned)) => {
-                self.metrics().cache_size(before, budget.max_bytes, pinned);
-                plan
+                self.metrics()
+                    .cache_size(before, budget.max_bytes, Some(pinned));
+                (plan, pinned)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot plan an eviction; trying again shortly");
@@ -241,7 +242,8 @@ impl Cache {
                     freed,
                     now_ms() / 1000,
                 );
-                self.metrics().cache_size(after, budget.max_bytes, 0);
+                self.metrics()
+                    .cache_size(after, budget.max_bytes, Some(pinned));
                 for image in &plan.images {
                     tracing::info!(
                         repository = %image.repository,

@@ -779,12 +779,11 @@ async fn metrics_and_the_catalog_show_what_eviction_did() {
         .exists());
 }
 
-// Found by these tests: an image whose manifest was pulled before keeprecent but whose layer
-// a client is reading now loses its tag and manifest (the layer stays, as an orphan), and the
-// sweep, having freed almost nothing, evicts the next image too.
+// An image whose manifest was pulled before keeprecent but whose layer a client is reading
+// now used to lose its tag and manifest (the layer stayed, as an orphan), and the sweep,
+// having freed almost nothing, evicted the next image too.
 
 #[tokio::test]
-#[ignore = "cistern bug: an image whose layer is being read is evicted but for that layer; see the comment above"]
 async fn an_image_whose_layer_was_just_read_is_not_evicted_around_it() {
     let hub = FakeUpstream::start().await;
     let five = |repo: &str| image(&hub, None, repo, Some("1"), &[(repo, 5 * MIB)]);

@@ -216,8 +216,15 @@ pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
             .tag
             .as_deref()
             .is_some_and(|tag| (policy.pinned)(&image.repository, tag));
+        // Content no other kept image holds, read recently (a slow pull, a resumed layer):
+        // the image is in use, and goes whole or not at all.
+        let in_use = image
+            .closure
+            .iter()
+            .any(|d| held.get(d) == Some(&1) && recently_served(d));
         let protected = image.last_pulled_ms >= policy.protect_since_ms
-            || image.closure.iter().any(|d| policy.in_flight.contains(d));
+            || image.closure.iter().any(|d| policy.in_flight.contains(d))
+            || in_use;
         if pinned || protected {
             continue;
         }
@@ -395,6 +402,28 @@ mod tests {
             },
         );
         assert!(plan.images.iter().all(|i| i.repository != "ghcr.io/o/app"));
+    }
+
+    #[test]
+    fn an_image_whose_own_layer_was_just_read_stays_whole_and_a_shared_one_protects_none() {
+        // library/app:1 was pulled long ago, but a client read its own layer just now.
+        let mut s = snapshot();
+        s.content_served.insert("old-top".into(), 5000);
+        let plan = run(&s, 350, &|_, _| false);
+        assert!(!plan
+            .tags
+            .contains(&("library/app".to_owned(), "1".to_owned())));
+        assert!(!plan.content.contains(&"m-old".to_owned()));
+        assert_eq!(
+            plan.images[0].repository, "ghcr.io/o/app",
+            "the next one goes"
+        );
+
+        // A base layer every image shares, read just now, protects none of them alone.
+        let mut s = snapshot();
+        s.content_served.insert("base".into(), 5000);
+        let plan = run(&s, 350, &|_, _| false);
+        assert_eq!(plan.tags, [("library/app".to_owned(), "1".to_owned())]);
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Metrics {
             cut_short: registered(r, "responses_cut_short", "Responses whose body stopped before its end (the client went away or the stream failed), by endpoint"),
             cache_bytes: registered(r, "cache_bytes", "Bytes of cached content (blobs and manifests), as the index counts them"),
             cache_budget_bytes: registered(r, "cache_budget_bytes", "cache.maxsize in bytes (0 without a budget)"),
-            pinned_bytes: registered(r, "cache_pinned_bytes", "Bytes of cached content that pinned images (cache.pin) keep, at the last eviction check"),
+            pinned_bytes: registered(r, "cache_pinned_bytes", "Bytes of cached content that pinned images (cache.pin) keep, as counted when the cache last went over its high watermark"),
             evicted_images: registered(r, "evicted_images", "Images (tags, and manifests no tag reaches) evicted to keep within cache.maxsize"),
             evicted_objects: registered(r, "evicted_objects", "Content objects (blobs and manifests) deleted by eviction"),
             evicted_bytes: registered(r, "evicted_bytes", "Bytes of content deleted by eviction"),
@@ -278,11 +278,14 @@ impl Metrics {
             .set(remaining);
     }
 
-    /// The cache's size against its budget, and what pins keep.
-    pub fn cache_size(&self, bytes: u64, budget: u64, pinned: u64) {
+    /// The cache's size against its budget, and what pins keep (None: not counted this time,
+    /// the last figure stands).
+    pub fn cache_size(&self, bytes: u64, budget: u64, pinned: Option<u64>) {
         self.inner.cache_bytes.set(bytes as i64);
         self.inner.cache_budget_bytes.set(budget as i64);
-        self.inner.pinned_bytes.set(pinned as i64);
+        if let Some(pinned) = pinned {
+            self.inner.pinned_bytes.set(pinned as i64);
+        }
     }
 
     /// One eviction run that deleted something.

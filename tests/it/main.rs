@@ -7,6 +7,7 @@ mod api_errors;
 mod auth;
 mod common;
 mod crash;
+mod eviction;
 mod eviction_replicas;
 mod fault_proxy_selftest;
 mod faults;

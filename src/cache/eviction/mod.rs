@@ -225,7 +225,7 @@ impl Cache {
         let max_bytes = budget.map_or(0, |b| b.max_bytes);
         let over_budget = budget.is_some_and(|b| before > b.high_bytes);
         if !over_budget && !storage_full {
-            self.metrics().cache_size(before, max_bytes, 0);
+            self.metrics().cache_size(before, max_bytes, None);
             return;
         }
         // A full disk before the budget is reached (or with none): make room all the same.
@@ -261,10 +261,10 @@ impl Cache {
         config: &CacheConfig,
     ) {
         let index = self.storage().index();
-        let plan = match self.plan_eviction(target, config).await {
+        let (plan, pinned) = match self.plan_eviction(target, config).await {
             Ok((plan, pinned)) => {
-                self.metrics().cache_size(before, max_bytes, pinned);
-                plan
+                self.metrics().cache_size(before, max_bytes, Some(pinned));
+                (plan, pinned)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot plan an eviction; trying again shortly");
@@ -289,7 +289,7 @@ impl Cache {
                     freed,
                     now_ms() / 1000,
                 );
-                self.metrics().cache_size(after, max_bytes, 0);
+                self.metrics().cache_size(after, max_bytes, Some(pinned));
                 for image in &plan.images {
                     tracing::info!(
                         repository = %image.repository,

@@ -35,11 +35,9 @@ impl Cache {
             }
             Err(e) => e,
         };
-        let cached = match self.storage().index().records(repo.as_str()) {
-            Some(records) if self.storage().index().is_built() => {
-                records.tags.into_iter().collect()
-            }
-            _ => self.storage().list_names(&layout::tags_of(repo)).await?,
+        let cached = match self.storage().index().tags(repo.as_str()) {
+            Some(tags) => tags,
+            None => self.storage().list_names(&layout::tags_of(repo)).await?,
         };
         if cached.is_empty() {
             return Err(error.into());

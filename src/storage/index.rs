@@ -226,7 +226,19 @@ impl StoreIndex {
         (page, more)
     }
 
+    /// The tags of `repository`, sorted, once the index is built and knows any.
+    pub fn tags(&self, repository: &str) -> Option<Vec<String>> {
+        let inner = self.lock();
+        let records = inner
+            .state
+            .repositories
+            .get(repository)
+            .filter(|_| inner.built)?;
+        Some(records.tags.iter().cloned().collect())
+    }
+
     /// The records of `repository`, if it has any.
+    #[cfg(test)]
     pub fn records(&self, repository: &str) -> Option<Records> {
         self.lock().state.repositories.get(repository).cloned()
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
-use super::super::records::now_ms;
+use crate::cache::now_ms;
 use crate::storage::{layout, Storage, StorageError};
 
 /// A lease lapses this long after it was taken: far longer than an eviction takes.

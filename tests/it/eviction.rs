@@ -814,3 +814,89 @@ async fn an_image_whose_layer_was_just_read_is_not_evicted_around_it() {
     wait_for_evicted(&mirror, 1.0).await;
     assert_kept_exactly(&mirror, &[&hub], &[&a, &c, &d, &e], &[&b]).await;
 }
+
+// 8. A free-space floor (`cache.minfree`) on a real filesystem ----------------------------------
+
+/// A mirror storing on a 40 MiB tmpfs that keeps 16 MiB free, holding two 9 MiB images (`a`
+/// pulled before `b`) with about 22 MiB free.
+async fn mirror_keeping_16_mib_free(
+    hub: &FakeUpstream,
+) -> (crate::common::tmpfs::Tmpfs, Mirror, TestImage, TestImage) {
+    let tmpfs = crate::common::tmpfs::Tmpfs::mount(40);
+    let a = image(hub, None, "library/a", Some("1"), &[("a", 9 * MIB)]);
+    let b = image(hub, None, "library/b", Some("1"), &[("b", 9 * MIB)]);
+    let mirror = MirrorSetup::new(&hub.url)
+        .storage_dir(&tmpfs.store())
+        .extra_yaml(
+            "cache:\n  minfree: 16MiB\n  keeprecent: 0s\nhealth:\n  storagedriver:\n    enabled: false\n",
+        )
+        .start()
+        .await;
+    pull_in_order(&mirror, &[&a, &b]).await;
+    for image in [&a, &b] {
+        assert!(mirror.has_content(image.top_layer()), "{}", image.shown());
+    }
+    assert!(tmpfs.available() >= 20 * MIB as u64);
+    (tmpfs, mirror, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_filled_below_minfree_by_something_else_gets_room_back_from_the_least_recently_pulled(
+) {
+    let hub = FakeUpstream::start().await;
+    let (mut tmpfs, mirror, a, b) = mirror_keeping_16_mib_free(&hub).await;
+
+    // Another program takes 8 MiB: 14 MiB free, under the floor. The evictor sees it at its
+    // next check and frees the least recently pulled image, whole.
+    tmpfs.take(8);
+    wait_for_evicted(&mirror, 1.0).await;
+    assert!(!mirror.has_content(a.top_layer()), "a went");
+    assert!(
+        tmpfs.available() >= 16 * MIB as u64,
+        "back above the floor: {} bytes free",
+        tmpfs.available()
+    );
+    let before = hub.registry_requests();
+    pull(&mirror, &b).await;
+    assert_eq!(hub.registry_requests(), before, "b is still cached whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_pull_that_would_go_below_minfree_is_served_uncached_then_cached_once_room_is_made()
+{
+    let hub = FakeUpstream::start().await;
+    let (mut tmpfs, mirror, a, b) = mirror_keeping_16_mib_free(&hub).await;
+    tmpfs.take(4); // 18 MiB free: above the floor, but not by a 9 MiB layer
+    let c = image(&hub, None, "library/c", Some("1"), &[("c", 9 * MIB)]);
+
+    // `pull` checks every byte against its digest.
+    pull(&mirror, &c).await;
+    let m = mirror.metrics().await;
+    assert_eq!(
+        m.value(r#"cistern_uncached_serves_total{kind="blob",reason="full"}"#),
+        1.0,
+        "{}",
+        m.0
+    );
+    assert!(
+        !mirror.has_content(c.top_layer()),
+        "not cached below the floor"
+    );
+
+    // The refusal woke the evictor: the least recently pulled image made room.
+    wait_for_evicted(&mirror, 1.0).await;
+    assert!(!mirror.has_content(a.top_layer()), "a went");
+    assert!(mirror.has_content(b.top_layer()), "b stays");
+
+    // Now the layer fits above the floor, and is cached.
+    pull(&mirror, &c).await;
+    assert!(
+        mirror.has_content(c.top_layer()),
+        "cached once room was made"
+    );
+    assert!(
+        tmpfs.available() >= 16 * MIB as u64,
+        "{} bytes free",
+        tmpfs.available()
+    );
+}

@@ -4,7 +4,7 @@
 //! comes back. The tests mount a small tmpfs, so they run as root (as CI does); a refused mount
 //! fails them, it never skips them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,86 +12,10 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::common::moto::Moto;
+use crate::common::tmpfs::Tmpfs;
 use crate::common::*;
 
 const MIB: usize = 1024 * 1024;
-
-/// A tmpfs of a few MiB mounted for one test, with filler files to make it full; unmounted
-/// when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-    fillers: Vec<PathBuf>,
-}
-
-impl Tmpfs {
-    fn mount(mib: usize) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        match mounted {
-            Ok(status) if status.success() => {}
-            other => panic!(
-                "these tests need a small real filesystem: `mount -t tmpfs` failed ({other:?}); run them as root, as CI does"
-            ),
-        }
-        Tmpfs {
-            dir,
-            fillers: Vec::new(),
-        }
-    }
-
-    /// The storage root inside it.
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    /// Writes 1 MiB filler files until the filesystem refuses, then 4 KiB ones for the pages
-    /// left, so not a page is free.
-    fn fill(&mut self) {
-        for size in [MIB, 4096] {
-            let chunk = vec![0x5a; size];
-            loop {
-                let path = self
-                    .dir
-                    .path()
-                    .join(format!("filler-{}", self.fillers.len()));
-                let result = std::fs::write(&path, &chunk);
-                self.fillers.push(path);
-                match result {
-                    Ok(()) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                    Err(e) => panic!("filling the tmpfs: {e}"),
-                }
-            }
-        }
-    }
-
-    /// Frees `mib` whole MiB of filler.
-    fn free(&mut self, mib: usize) {
-        for _ in 0..mib {
-            let path = self.fillers.remove(0);
-            std::fs::remove_file(path).unwrap();
-        }
-    }
-
-    /// Space comes back: every filler goes.
-    fn empty(&mut self) {
-        for path in self.fillers.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// A mirror storing on `tmpfs`, serving (so its storage is set up) before it is filled. With
 /// `health`, its storage check runs every 50 ms and one failure would make it unready;

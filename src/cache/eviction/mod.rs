@@ -209,8 +209,9 @@ impl Cache {
         Ok(freed)
     }
 
-    /// One check: above the high watermark (or when storage refused a write for lack of
-    /// space), evicts down to the low one (or by a tenth of what is stored).
+    /// One check: above the high watermark, evicts down to the low one; below `cache.minfree`,
+    /// frees what brings the disk back above it; when storage refused a write for lack of
+    /// space for another reason, frees a tenth of what is stored. The lowest target wins.
     pub async fn keep_within(
         &self,
         budget: Option<&Budget>,
@@ -223,17 +224,14 @@ impl Cache {
         }
         let before = index.totals().content_bytes;
         let max_bytes = budget.map_or(0, |b| b.max_bytes);
-        let over_budget = budget.is_some_and(|b| before > b.high_bytes);
-        if !over_budget && !storage_full {
+        let Some(target) = eviction_target(
+            before,
+            budget,
+            self.storage().free_floor().bytes_to_free(),
+            storage_full,
+        ) else {
             self.metrics().cache_size(before, max_bytes, None);
             return;
-        }
-        // A full disk before the budget is reached (or with none): make room all the same.
-        let room = before - before / FULL_DISK_SHARE;
-        let target = match budget {
-            Some(b) if storage_full => b.low_bytes.min(room),
-            Some(b) => b.low_bytes,
-            None => room,
         };
         // Replicas of one bucket evict one at a time.
         let lease = match lease::Lease::take(self.storage(), &self.inner.replica).await {
@@ -315,17 +313,18 @@ impl Cache {
         }
     }
 
-    /// Starts the evictor: every few seconds against `cache.maxsize` when it is set, and at
-    /// once whenever storage refuses a write for lack of space, with or without a budget.
+    /// Starts the evictor: every few seconds against `cache.maxsize` and `cache.minfree` when
+    /// set, and at once whenever storage refuses a write for lack of space, with or without.
     pub fn spawn_evictor(&self, config: CacheConfig) -> tokio::task::JoinHandle<()> {
         let cache = self.clone();
+        let periodic = config.budget.is_some() || self.storage().free_floor().is_set();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(CHECK_EVERY);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_check: Option<std::time::Instant> = None;
             loop {
                 let refused = tokio::select! {
-                    _ = ticker.tick(), if config.budget.is_some() => false,
+                    _ = ticker.tick(), if periodic => false,
                     _ = cache.storage_pressure().refusal() => true,
                 };
                 // Every refused write wakes the evictor; one check per interval is enough.
@@ -342,9 +341,56 @@ impl Cache {
     }
 }
 
+/// The content bytes to evict down to, if any: the low watermark above the high one; enough
+/// to bring the disk back above `cache.minfree` (`floor_to_free`); a tenth of what is stored
+/// when a write was refused for lack of space and the floor does not explain it (a full disk
+/// before the budget is reached, or with none). The lowest wins.
+fn eviction_target(
+    stored: u64,
+    budget: Option<&Budget>,
+    floor_to_free: Option<u64>,
+    storage_full: bool,
+) -> Option<u64> {
+    let budget_target = budget
+        .filter(|b| stored > b.high_bytes)
+        .map(|b| b.low_bytes);
+    let room_target = match floor_to_free {
+        Some(to_free) => Some(stored.saturating_sub(to_free)),
+        None if storage_full => Some(stored - stored / FULL_DISK_SHARE),
+        None => None,
+    };
+    match (budget_target, room_target) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lowest_of_budget_floor_and_full_disk_targets_wins() {
+        let budget = Budget {
+            max_bytes: 1000,
+            high_bytes: 950,
+            low_bytes: 850,
+        };
+        assert_eq!(eviction_target(900, Some(&budget), None, false), None);
+        assert_eq!(eviction_target(960, Some(&budget), None, false), Some(850));
+        assert_eq!(eviction_target(900, None, None, true), Some(810));
+        assert_eq!(eviction_target(960, Some(&budget), None, true), Some(850));
+        assert_eq!(
+            eviction_target(900, Some(&budget), Some(300), false),
+            Some(600)
+        );
+        assert_eq!(
+            eviction_target(960, Some(&budget), Some(50), true),
+            Some(850)
+        );
+        assert_eq!(eviction_target(100, None, Some(300), true), Some(0));
+        assert_eq!(eviction_target(900, None, None, false), None);
+    }
 
     #[test]
     fn manifests_name_what_they_reference() {

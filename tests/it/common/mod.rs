@@ -6,6 +6,7 @@ pub mod binary;
 pub mod fault_proxy;
 pub mod hostile;
 pub mod moto;
+pub mod tmpfs;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

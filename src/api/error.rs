@@ -186,6 +186,7 @@ impl From<&CacheError> for ApiError {
             | CacheError::Abandoned { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
+            CacheError::Prewarm(_) => Self::new(StatusCode::BAD_REQUEST, "NAME_INVALID", message),
             CacheError::Upstream(e) => e.into(),
             CacheError::Storage(e) => e.into(),
             CacheError::Shared(e) => e.as_ref().into(),

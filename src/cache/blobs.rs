@@ -104,7 +104,7 @@ impl Cache {
         Ok(answer)
     }
 
-    async fn find_blob(
+    pub(super) async fn find_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
@@ -248,7 +248,7 @@ impl Cache {
 
     /// The size of the stored blob if `repo` may serve it. A blob stored for another
     /// repository is linked here only once upstream confirms this repository holds it.
-    async fn linked_blob_size(
+    pub(super) async fn linked_blob_size(
         &self,
         repo: &RepoName,
         digest: &Digest,

@@ -220,7 +220,7 @@ impl Cache {
         now_ms().saturating_sub(record.checked_at_ms) < registry.tag_ttl.as_millis() as u64
     }
 
-    async fn manifest_by_digest(
+    pub(super) async fn manifest_by_digest(
         &self,
         repo: &RepoName,
         digest: &Digest,
@@ -306,7 +306,7 @@ impl Cache {
     }
 
     /// A tag we have never seen: one GET (not HEAD then GET), recorded for later clients.
-    async fn fetch_cold_tag(
+    pub(super) async fn fetch_cold_tag(
         &self,
         repo: &RepoName,
         tag: &Tag,
@@ -328,7 +328,7 @@ impl Cache {
 
     /// Asks upstream what the tag points to now, with a HEAD when we know the tag (free on
     /// Docker Hub) and a GET only for a manifest we do not hold.
-    async fn revalidate_tag(
+    pub(super) async fn revalidate_tag(
         &self,
         repo: &RepoName,
         tag: &Tag,

@@ -11,6 +11,7 @@ mod hot;
 mod manifests;
 mod not_found;
 mod outcome;
+pub mod prewarm;
 mod records;
 mod registries;
 mod single_flight;
@@ -86,6 +87,9 @@ pub enum CacheError {
     /// A fill's failure, seen by every client that waited for it.
     #[error(transparent)]
     Shared(Arc<CacheError>),
+    /// A pre-warm entry that cannot be warmed (a bad name or tag, a body cut short).
+    #[error("cannot pre-warm {0}")]
+    Prewarm(String),
 }
 
 #[derive(Clone)]

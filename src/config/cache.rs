@@ -5,6 +5,7 @@ use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
 use super::access::{PatternScope, Patterns};
+use super::prewarm::{PrewarmConfig, RawPrewarm, TagSelector};
 use std::time::Duration;
 
 use super::{bad, duration, scalar, ConfigError};
@@ -27,6 +28,8 @@ pub struct CacheConfig {
     pub keep_recent: Duration,
     /// Free space kept on a filesystem store's disk (`cache.minfree`).
     pub min_free: Option<MinFree>,
+    /// Images fetched before anyone asks (`cache.prewarm`); they are pinned too.
+    pub prewarm: PrewarmConfig,
 }
 
 /// `cache.minfree`: bytes (`5GiB`) or a share of the filesystem (`10%`).
@@ -53,6 +56,7 @@ impl Default for CacheConfig {
             pins: Pins::default(),
             keep_recent: DEFAULT_KEEP_RECENT,
             min_free: None,
+            prewarm: PrewarmConfig::default(),
         }
     }
 }
@@ -101,6 +105,7 @@ pub(super) struct RawCache {
     keeprecent: Option<Duration>,
     #[serde(deserialize_with = "scalar::deserialize_optional_text")]
     minfree: Option<String>,
+    prewarm: RawPrewarm,
 }
 
 impl RawCache {
@@ -161,11 +166,29 @@ impl RawCache {
                 .transpose()?;
             pins.push((repositories, tags));
         }
+        let prewarm = self.prewarm.validate()?;
+        // Pre-warmed images are kept as pinned ones are: fetching them again and again would
+        // defeat the point.
+        for image in &prewarm.images {
+            let repositories = Patterns::parse(
+                "cache.prewarm.images",
+                vec![image.repository.clone()],
+                PatternScope::Mirror,
+            )?;
+            let tags = match &image.tag {
+                TagSelector::Pattern(glob) => glob.clone(),
+                TagSelector::Exact(tag) => Glob::new(&globset::escape(tag))
+                    .map_err(|e| bad("cache.prewarm.images", format!("{}: {e}", image.written)))?
+                    .compile_matcher(),
+            };
+            pins.push((repositories, Some(tags)));
+        }
         Ok(CacheConfig {
             budget,
             pins: Pins { pins },
             keep_recent: self.keeprecent.unwrap_or(DEFAULT_KEEP_RECENT),
             min_free: self.minfree.map(min_free).transpose()?.flatten(),
+            prewarm,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 mod access;
 mod cache;
+mod prewarm;
 mod scalar;
 mod storage;
 use storage::RawStorage;
@@ -15,6 +16,9 @@ mod registries;
 mod schema;
 pub use access::{AccessConfig, HtpasswdConfig, Patterns};
 pub use cache::{parse_bytes, Budget, CacheConfig, MinFree, Pins};
+pub use prewarm::{
+    parse_image, split_image, Platform, Platforms, PrewarmConfig, PrewarmImage, TagSelector,
+};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;

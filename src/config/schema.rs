@@ -217,6 +217,15 @@ pub const ROOT: Key = Section(&[
             ("pin", Used),
             ("keeprecent", Used),
             ("minfree", Used),
+            (
+                "prewarm",
+                Section(&[
+                    ("images", Used),
+                    ("platforms", Used),
+                    ("interval", Used),
+                    ("maxfetches", Used),
+                ]),
+            ),
         ]),
     ),
     // cistern's extension: further registries, by the host clients name them by.

@@ -110,6 +110,13 @@ struct Inner {
     evicted_bytes: Counter,
     last_eviction: Gauge<i64, AtomicI64>,
     eviction_deferred: Counter,
+    prewarm_runs: Counter,
+    prewarm_checked: Counter,
+    prewarm_moved: Counter,
+    prewarm_fetched: Counter,
+    prewarm_bytes: Counter,
+    prewarm_errors: Counter,
+    prewarm_last_run: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -145,6 +152,13 @@ impl Metrics {
             evicted_bytes: registered(r, "evicted_bytes", "Bytes of content deleted by eviction"),
             last_eviction: registered(r, "last_eviction_timestamp_seconds", "When eviction last deleted something (Unix time; 0 never)"),
             eviction_deferred: registered(r, "eviction_deferred", "Checks over budget that left eviction to another replica holding the eviction lease"),
+            prewarm_runs: registered(r, "prewarm_runs", "Runs over the pre-warm list (cache.prewarm) and warm-now requests"),
+            prewarm_checked: registered(r, "prewarm_images_checked", "Pre-warmed tags checked upstream (one HEAD each when cached)"),
+            prewarm_moved: registered(r, "prewarm_images_moved", "Pre-warmed tags found pointing to new content (or seen for the first time)"),
+            prewarm_fetched: registered(r, "prewarm_images_fetched", "Pre-warmed tags for which manifests or blobs were fetched"),
+            prewarm_bytes: registered(r, "prewarm_fetched_bytes", "Blob bytes fetched for pre-warming"),
+            prewarm_errors: registered(r, "prewarm_errors", "Pre-warmed images that could not be checked or fetched"),
+            prewarm_last_run: registered(r, "prewarm_last_run_timestamp_seconds", "When a pre-warm run last ended (Unix time; 0 never)"),
             registry,
         };
         Metrics {
@@ -299,6 +313,25 @@ impl Metrics {
     /// An eviction left to the replica holding the lease.
     pub fn eviction_deferred(&self) {
         self.inner.eviction_deferred.inc();
+    }
+
+    /// One pre-warm run's figures.
+    pub fn prewarm_run(
+        &self,
+        checked: u64,
+        moved: u64,
+        fetched: u64,
+        bytes: u64,
+        errors: u64,
+        at_unix_secs: u64,
+    ) {
+        self.inner.prewarm_runs.inc();
+        self.inner.prewarm_checked.inc_by(checked);
+        self.inner.prewarm_moved.inc_by(moved);
+        self.inner.prewarm_fetched.inc_by(fetched);
+        self.inner.prewarm_bytes.inc_by(bytes);
+        self.inner.prewarm_errors.inc_by(errors);
+        self.inner.prewarm_last_run.set(at_unix_secs as i64);
     }
 
     /// A response body that stopped before its end.

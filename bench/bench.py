@@ -4,7 +4,9 @@
 Started here: the local Docker Hub stand-in of tests/e2e (Distribution with token auth and an
 ES256 token server), Distribution in proxy mode (Debian's docker-registry, filesystem storage)
 and cistern, both with the stand-in's credentials, and nginx serving the big blob with sendfile
-as the ceiling. Run through bench/run.sh, which installs the tools and builds cistern.
+as the ceiling. Then the figures of a cache on a finite disk (bench/eviction.py): pull
+throughput while evicting, and the index's memory per 100,000 blobs. Run through bench/run.sh,
+which installs the tools and builds cistern.
 """
 
 from __future__ import annotations

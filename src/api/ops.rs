@@ -75,7 +75,12 @@ fn storage_detail(pressure: &PressureState) -> serde_json::Value {
 
 async fn metrics(State(state): State<OpsState>) -> Response {
     let metrics = state.cache.metrics();
-    metrics.storage_full(state.cache.storage_handle().pressure().is_full());
+    let storage = state.cache.storage_handle();
+    metrics.storage_full(storage.pressure().is_full());
+    if storage.index().is_built() {
+        // Current at every scrape, not only at the evictor's checks (and without a budget).
+        metrics.cache_bytes(storage.index().totals().content_bytes);
+    }
     for (registry, quota) in state.cache.upstream_quotas() {
         metrics.rate_limit(registry.name(), quota);
     }

@@ -288,6 +288,11 @@ impl Metrics {
         }
     }
 
+    /// The bytes of cached content now.
+    pub fn cache_bytes(&self, bytes: u64) {
+        self.inner.cache_bytes.set(bytes as i64);
+    }
+
     /// One eviction run that deleted something.
     pub fn evicted(&self, images: u64, objects: u64, bytes: u64, at_unix_secs: u64) {
         self.inner.evicted_images.inc_by(images);

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod fault_proxy;
 pub mod hostile;
 pub mod moto;
+pub mod poll;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use tokio::sync::oneshot;
 // Not every test crate that includes this module uses the proxy.
 #[allow(unused_imports)]
 pub use fault_proxy::{Fault, FaultProxy};
+pub use poll::until;
 pub use upstream::{sha256, FakeUpstream, PASSWORD, USER};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

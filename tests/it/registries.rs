@@ -1824,14 +1824,7 @@ async fn a_fetch_failing_for_one_registry_does_not_fail_another_that_holds_the_b
     let digest = fleet.ghcr.add_blob("owner/app", &layer);
     let gate = fleet.quay.hold(&digest);
     let mirror = fleet.setup().start().await;
-    let get = |path: String| {
-        let (http, url) = (mirror.http.clone(), mirror.url.clone());
-        tokio::spawn(async move {
-            let response = http.get(format!("{url}{path}")).send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.bytes().await.unwrap())
-        })
-    };
+    let get = |path: String| mirror.spawn_get(&path);
     let through_quay = get(format!("/v2/quay.io/owner/app/blobs/{digest}"));
     until(
         "quay's upstream is asked",

@@ -228,14 +228,7 @@ async fn a_fill_that_fails_for_one_repository_does_not_fail_another_that_holds_t
     up.add_blob("owner/lacks-it", b"something else");
     let gate = up.hold(&format!("/v2/owner/lacks-it/blobs/{digest}"));
     let mirror = MirrorSetup::new(&up.url).start().await;
-    let get = |path: String| {
-        let (http, url) = (mirror.http.clone(), mirror.url.clone());
-        tokio::spawn(async move {
-            let response = http.get(format!("{url}{path}")).send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.bytes().await.unwrap())
-        })
-    };
+    let get = |path: String| mirror.spawn_get(&path);
     let lacking = get(format!("/v2/owner/lacks-it/blobs/{digest}"));
     until(
         "the lacking repository's fetch is in flight",

@@ -224,6 +224,17 @@ impl Mirror {
             .unwrap()
     }
 
+    /// A GET of `path` in a task of its own (to be answered while the test does more): its
+    /// status and body.
+    pub fn spawn_get(&self, path: &str) -> tokio::task::JoinHandle<(u16, Bytes)> {
+        let (http, url) = (self.http.clone(), format!("{}{path}", self.url));
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap())
+        })
+    }
+
     /// A GET with `Range: {range}` (e.g. `bytes=10-19`).
     pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
         self.http

@@ -367,7 +367,7 @@ async fn purging_a_repository_of_another_registry_leaves_the_same_name_on_docker
     // The base layer, and the config (same bytes on both registries), stay for Docker Hub's.
     let mut kept: Vec<Value> = body["kept"].as_array().unwrap().clone();
     kept.sort_by_key(|k| k["digest"].as_str().unwrap().to_owned());
-    let mut shared = vec![hub_blobs[0].clone(), hub_blobs[1].clone()];
+    let mut shared = [hub_blobs[0].clone(), hub_blobs[1].clone()];
     shared.sort();
     let expected: Vec<Value> = shared
         .iter()

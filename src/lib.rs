@@ -2,6 +2,7 @@
 //! pulls from.
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod cache;
 pub mod config;
@@ -93,14 +94,20 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         .debug
         .as_ref()
         .and_then(|d| d.metrics_path.as_deref());
-    let debug = api::debug_router(ops.clone(), metrics_path);
+    let registries = Arc::new(registry::MirroredRegistries::new(
+        &config.proxy.remote_url,
+        config.registries.iter().map(|r| r.host.clone()),
+    ));
+    let admin = admin::router(admin::AdminState {
+        cache: cache.clone(),
+        registries: registries.clone(),
+        token: config.admin.token.clone().map(Arc::new),
+    });
+    let debug = api::debug_router(ops.clone(), metrics_path, admin);
     let state = api::AppState {
         cache,
         access,
-        registries: Arc::new(registry::MirroredRegistries::new(
-            &config.proxy.remote_url,
-            config.registries.iter().map(|r| r.host.clone()),
-        )),
+        registries,
         extra_headers: Arc::new(config.http.headers.clone()),
     };
     Ok(App {

@@ -101,6 +101,32 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "DENIED", message)
     }
 
+    /// An admin action while no `admin.token` is configured: they are all off.
+    pub fn admin_disabled() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "admin actions are disabled: set admin.token in the configuration (or the REGISTRY_ADMIN_TOKEN environment variable) and send it as `Authorization: Bearer <token>`",
+        )
+    }
+
+    /// An admin action without the right bearer token (which is never named).
+    pub fn admin_unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).with_header(
+            header::WWW_AUTHENTICATE,
+            "Bearer realm=\"cistern admin\"".to_owned(),
+        )
+    }
+
+    /// A request missing what it needs (`?repository=`, `?tag=`).
+    pub fn missing_parameter(code: &'static str, name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("the query parameter `{name}` is required"),
+        )
+    }
+
     /// A registry this mirror does not serve: 404 `NAME_UNKNOWN`, so containerd falls back to
     /// the registry itself.
     pub fn registry_not_mirrored(registry: &str, repo: &RepoName, served: &str) -> Self {
@@ -183,7 +209,8 @@ impl From<&CacheError> for ApiError {
             }
             CacheError::UpstreamBroke { .. }
             | CacheError::UpstreamTooSlow { .. }
-            | CacheError::Abandoned { .. } => {
+            | CacheError::Abandoned { .. }
+            | CacheError::Busy { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
             CacheError::Upstream(e) => e.into(),

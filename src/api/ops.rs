@@ -31,9 +31,10 @@ pub fn health_routes(state: OpsState) -> Router {
         .with_state(state)
 }
 
-/// The debug listener: health, plus metrics at `metrics_path` when enabled.
-pub fn debug_router(state: OpsState, metrics_path: Option<&str>) -> Router {
-    let router = health_routes(state.clone());
+/// The debug listener: health, metrics at `metrics_path` when enabled, and `admin` (the
+/// admin actions, each behind the admin token).
+pub fn debug_router(state: OpsState, metrics_path: Option<&str>, admin: Router) -> Router {
+    let router = health_routes(state.clone()).merge(admin);
     let router = match metrics_path {
         Some(path) => router.merge(Router::new().route(path, get(metrics)).with_state(state)),
         None => router,

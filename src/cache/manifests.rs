@@ -328,7 +328,7 @@ impl Cache {
 
     /// Asks upstream what the tag points to now, with a HEAD when we know the tag (free on
     /// Docker Hub) and a GET only for a manifest we do not hold.
-    async fn revalidate_tag(
+    pub(super) async fn revalidate_tag(
         &self,
         repo: &RepoName,
         tag: &Tag,

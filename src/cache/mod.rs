@@ -11,7 +11,9 @@ mod hot;
 mod manifests;
 mod not_found;
 mod outcome;
+mod purge;
 mod records;
+mod refresh;
 mod registries;
 mod single_flight;
 mod small_blobs;
@@ -32,7 +34,9 @@ pub use crate::storage::{PressureState, StoragePressure};
 pub use blobs::{BlobAnswer, ByteRange};
 pub use manifests::ManifestAnswer;
 pub use outcome::Outcome;
+pub use purge::{PurgeReport, PurgeTarget};
 pub use records::now_ms;
+pub use refresh::Refreshed;
 pub use tags::{paginate, TagListPage};
 
 /// Why the cache could not answer. The API layer turns each into an OCI error.
@@ -86,6 +90,10 @@ pub enum CacheError {
     /// A fill's failure, seen by every client that waited for it.
     #[error(transparent)]
     Shared(Arc<CacheError>),
+    /// The cache cannot do this now (its index is being built, another replica evicts);
+    /// trying again shortly will.
+    #[error("{reason}; try again shortly")]
+    Busy { reason: String },
 }
 
 #[derive(Clone)]

@@ -2,6 +2,7 @@
 //! (so a registry:2 proxy config runs unchanged), with cistern's extensions beside it.
 
 mod access;
+mod admin;
 mod cache;
 mod scalar;
 mod storage;
@@ -14,6 +15,7 @@ mod proxy;
 mod registries;
 mod schema;
 pub use access::{AccessConfig, HtpasswdConfig, Patterns};
+pub use admin::AdminConfig;
 pub use cache::{parse_bytes, Budget, CacheConfig, MinFree, Pins};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
@@ -47,6 +49,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// The byte budget and pins (`cache:`).
     pub cache: CacheConfig,
+    /// Who may use the admin actions (`admin:`).
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +194,7 @@ struct RawConfig {
     auth: access::RawAuth,
     access: access::RawAccess,
     cache: cache::RawCache,
+    admin: admin::RawAdmin,
 }
 
 #[derive(Deserialize, Default)]
@@ -228,6 +233,7 @@ impl RawConfig {
             health: self.health.validate()?,
             access: access::validate(self.auth, self.access)?,
             cache,
+            admin: self.admin.validate()?,
         })
     }
 }
@@ -761,6 +767,7 @@ mod properties {
         "access.sources",
         "access.repositories.allow",
         "access.repositories.deny",
+        "admin.token",
         "typo.key",
     ];
 

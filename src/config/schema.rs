@@ -219,6 +219,8 @@ pub const ROOT: Key = Section(&[
             ("minfree", Used),
         ]),
     ),
+    // cistern's extension: the bearer token the admin actions on the debug listener need.
+    ("admin", Section(&[("token", Used)])),
     // cistern's extension: further registries, by the host clients name them by.
     ("registries", MapOf(&REGISTRY_SECTION)),
     ("validation", Ignored),

@@ -147,6 +147,20 @@ impl Metrics {
             eviction_deferred: registered(r, "eviction_deferred", "Checks over budget that left eviction to another replica holding the eviction lease"),
             registry,
         };
+        // Failure counters whose labels are all known start at 0, so they are exported (and
+        // dashboards and `rate()` see them) before the first failure.
+        for operation in ["request", "fill", "health"] {
+            let _ = inner
+                .storage_errors
+                .get_or_create(&OperationLabels { operation });
+        }
+        for kind in ["blob", "manifest"] {
+            for reason in ["full", "error"] {
+                let _ = inner
+                    .uncached_serves
+                    .get_or_create(&KindReasonLabels { kind, reason });
+            }
+        }
         Metrics {
             inner: Arc::new(inner),
         }

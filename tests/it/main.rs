@@ -3,6 +3,7 @@
 //! `real_clients` drives dockerd, containerd, skopeo and curl through the built binary.
 
 mod access_control;
+mod admin;
 mod api_errors;
 mod auth;
 mod common;
@@ -15,6 +16,7 @@ mod freshness;
 mod full_disk;
 mod gc;
 mod graceful_shutdown;
+mod grafana_dashboard;
 mod hostile_clients;
 mod hostile_upstream;
 mod integrity;

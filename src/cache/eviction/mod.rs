@@ -8,8 +8,9 @@
 //! it keeps reading (an open file on the filesystem; a stream already under way on S3), and one
 //! whose record was deleted finds storage's 404, which means fetch again.
 
-mod lease;
+pub(super) mod lease;
 pub mod plan;
+pub mod purge_plan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -151,6 +152,15 @@ impl Cache {
         Ok(snapshot)
     }
 
+    /// The content being fetched from upstream right now: never deleted.
+    pub(super) fn in_flight_digests(&self) -> HashSet<String> {
+        self.fills()
+            .digests()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
     /// What an eviction down to `target_bytes` would delete now.
     pub async fn plan_eviction(
         &self,
@@ -158,12 +168,7 @@ impl Cache {
         config: &CacheConfig,
     ) -> Result<(Plan, u64), CacheError> {
         let snapshot = self.eviction_snapshot().await?;
-        let in_flight: HashSet<String> = self
-            .fills()
-            .digests()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let in_flight = self.in_flight_digests();
         let pinned = |repository: &str, tag: &str| config.pins.pins(repository, tag);
         let policy = Policy {
             target_bytes,
@@ -199,6 +204,9 @@ impl Cache {
                     continue;
                 };
                 storage.delete(&key(&repo, &digest)).await?;
+                // Served from memory, a deleted link would outlive its record for a minute.
+                self.inner.hot.forget_manifest(&repo, &digest);
+                self.inner.hot.forget_blob(&repo, &digest);
             }
         }
         let mut freed = 0;
@@ -208,6 +216,7 @@ impl Cache {
             };
             freed += storage.index().content_size(digest).unwrap_or(0);
             storage.delete(&layout::content(&parsed)).await?;
+            self.inner.hot.forget_small_blob(&parsed);
         }
         Ok(freed)
     }

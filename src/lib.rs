@@ -81,9 +81,12 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         config.health.storage.clone(),
         metrics,
     );
+    let history = api::History::default();
+    history.spawn_sampler(cache.clone());
     let ops = api::OpsState {
         cache: cache.clone(),
         health: health.clone(),
+        history,
     };
     let metrics_path = config
         .http
@@ -101,7 +104,7 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         extra_headers: Arc::new(config.http.headers.clone()),
     };
     Ok(App {
-        api: api::router(state, ops),
+        api: api::router(state, ops, config.http.status_page),
         debug,
         health,
     })

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use http::{header, StatusCode};
 use serde_json::json;
 
+use super::status::{self, History};
 use crate::cache::Cache;
 use crate::health::Health;
 use crate::storage::PressureState;
@@ -20,6 +21,8 @@ use crate::telemetry::METRICS_CONTENT_TYPE;
 pub struct OpsState {
     pub cache: Cache,
     pub health: Health,
+    /// The status page's figures over time.
+    pub history: History,
 }
 
 /// `/healthz`, `/readyz` and Distribution's `/debug/health`.
@@ -31,12 +34,24 @@ pub fn health_routes(state: OpsState) -> Router {
         .with_state(state)
 }
 
-/// The debug listener: health, plus metrics at `metrics_path` when enabled.
+/// The debug listener: health, the status page at `/`, plus metrics at `metrics_path` when
+/// enabled.
 pub fn debug_router(state: OpsState, metrics_path: Option<&str>) -> Router {
     let router = health_routes(state.clone());
     let router = match metrics_path {
-        Some(path) => router.merge(Router::new().route(path, get(metrics)).with_state(state)),
+        Some(path) => router.merge(
+            Router::new()
+                .route(path, get(metrics))
+                .with_state(state.clone()),
+        ),
         None => router,
+    };
+    let router = match metrics_path.filter(|path| status::uses_path(path)) {
+        Some(path) => {
+            tracing::warn!(path, "no status page on the debug listener: http.debug.prometheus.path takes one of its paths");
+            router
+        }
+        None => router.merge(status::debug_routes(state.cache, state.history)),
     };
     super::catch_panics(router)
 }

@@ -11,10 +11,12 @@ mod hot;
 mod manifests;
 mod not_found;
 mod outcome;
+mod pulls;
 mod records;
 mod registries;
 mod single_flight;
 mod small_blobs;
+mod status;
 mod tags;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
 use access::AccessTimes;
+pub use fills::FillView;
 use fills::Fills;
 use manifests::ManifestFlights;
 pub use registries::{CachedRegistries, CachedRegistry};
@@ -33,6 +36,7 @@ pub use blobs::{BlobAnswer, ByteRange};
 pub use manifests::ManifestAnswer;
 pub use outcome::Outcome;
 pub use records::now_ms;
+pub use status::{RepositoryPage, RepositoryView};
 pub use tags::{paginate, TagListPage};
 
 /// Why the cache could not answer. The API layer turns each into an OCI error.
@@ -101,6 +105,8 @@ struct Inner {
     hot: hot::Hot,
     /// When each tag and content object was last served.
     access: AccessTimes,
+    /// How many times each repository was pulled.
+    pulls: pulls::PullCounts,
     /// What each manifest references, for eviction.
     references: eviction::References,
     /// This process among the replicas of a shared store (`<host>-<pid>`).
@@ -118,6 +124,7 @@ impl Cache {
                 manifest_flights: ManifestFlights::default(),
                 hot: hot::Hot::default(),
                 access: AccessTimes::default(),
+                pulls: pulls::PullCounts::default(),
                 references: eviction::References::default(),
                 replica: access_publish::replica_id(),
                 metrics,

@@ -180,7 +180,7 @@ async function repositories() {
 // --- plots -------------------------------------------------------------------------------
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 600, H = 160, PAD = 18;
+const H = 160, PAD = 18;
 
 function svgEl(name, attrs) {
   const el = document.createElementNS(SVG, name);
@@ -208,6 +208,9 @@ function deltas(points, key) {
 
 function plot(svg, series, opts) {
   svg.replaceChildren();
+  // Drawn at the size it is shown, so text and lines keep their proportions.
+  const W = Math.max(200, Math.round(svg.getBoundingClientRect().width) || 600);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const all = series.flatMap((s) => s.data);
   if (all.length < 1) {
     svg.append(Object.assign(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "label" }), { textContent: "collecting data (a point a minute)…" }));
@@ -253,6 +256,8 @@ async function loadHistory() {
   lastHistory = await getJSON("api/history");
   drawHistory();
 }
+
+window.addEventListener("resize", () => drawHistory());
 
 // --- wiring ------------------------------------------------------------------------------
 

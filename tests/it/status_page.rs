@@ -491,3 +491,34 @@ async fn no_answer_carries_a_secret() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_digest_mismatch_is_a_problem_with_its_repository() {
+    let up = FakeUpstream::start().await;
+    let image = add_image(&up, "team/corrupt", Some("v1"), OCI_MANIFEST, "corrupt");
+    let proxy = FaultProxy::start(&up.url).await;
+    proxy.inject(&image.blobs[2], Fault::Corrupt, 1);
+    let mirror = MirrorSetup::new(&proxy.url).start().await;
+    let response = mirror
+        .get(&format!("/v2/team/corrupt/blobs/{}", image.blobs[2]))
+        .await;
+    assert!(
+        response.bytes().await.is_err(),
+        "the body must not complete"
+    );
+    let problems_url = format!("{}/api/problems", mirror.debug_url);
+    let problem = eventually("the mismatch among the problems", || async {
+        json(&problems_url).await["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == "digest_mismatch")
+            .cloned()
+    })
+    .await;
+    assert_eq!(problem["repository"], "team/corrupt");
+    let message = problem["message"].as_str().unwrap();
+    assert!(message.contains(&image.blobs[2]), "{message}");
+    assert!(message.contains("does not match its digest"), "{message}");
+    assert!(problem["time"].as_str().unwrap().ends_with('Z'));
+}

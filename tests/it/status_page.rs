@@ -127,6 +127,14 @@ async fn the_figures_equal_the_metrics_after_real_pulls() {
     assert_eq!(repo["pulls"], 2);
     assert!(repo["last_pulled"].as_str().unwrap().ends_with('Z'));
 
+    // The page itself carries the figures, before its script runs.
+    let page = reqwest::get(format!("{}/", mirror.debug_url))
+        .await
+        .unwrap();
+    let page = page.text().await.unwrap();
+    assert!(page.contains(r#"id="requests">8<"#), "{page}");
+    assert!(page.contains(r#"id="hit-ratio">50.0 %<"#), "{page}");
+
     let history = json(&format!("{}/api/history", mirror.debug_url)).await;
     assert_eq!(history["now"]["requests"], 8);
     assert_eq!(

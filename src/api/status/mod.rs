@@ -10,6 +10,7 @@
 mod figures;
 mod history;
 mod query;
+mod render;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +34,6 @@ use query::RepositoryQuery;
 /// Where the page is served on the main listener.
 pub const MAIN_PREFIX: &str = "/_cistern";
 
-const PAGE: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/status.js");
 const STYLE: &str = include_str!("assets/status.css");
 /// The page loads nothing but its own script and style, and talks only to its own API.
@@ -136,8 +136,12 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn page() -> Response {
-    asset("text/html; charset=utf-8", PAGE)
+async fn page(State(state): State<StatusState>) -> Response {
+    let readings = figures::read(&state.cache);
+    let summary = figures::summary(&state.cache, &readings, state.history.uptime_seconds());
+    let mut response = asset("text/html; charset=utf-8", "");
+    *response.body_mut() = render::page(&summary).into();
+    response
 }
 
 async fn script() -> Response {

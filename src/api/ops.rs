@@ -1,4 +1,4 @@
-//! The operator's endpoints: liveness, readiness and Prometheus metrics. Health answers on both
+//! The operator's endpoints: liveness, readiness, Prometheus metrics and the status page. Health answers on both
 //! listeners (a probe may use either); metrics only on the debug listener. None of these touch
 //! upstream, and none sit behind client authentication.
 

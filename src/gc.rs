@@ -21,7 +21,7 @@ pub enum GcError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error(
-        "no size to evict down to: set cache.maxsize in the configuration, or pass --target SIZE"
+        "no size to evict down to: set cache.maxsize or cache.minfree in the configuration, or pass --target SIZE"
     )]
     NoTarget,
 }
@@ -29,11 +29,9 @@ pub enum GcError {
 /// Plans (and unless `dry_run`, carries out) an eviction down to `target` bytes, or to
 /// `cache.maxsize`'s low watermark; returns the report.
 pub async fn gc(config: &Config, dry_run: bool, target: Option<u64>) -> Result<String, GcError> {
-    let target = target
-        .or(config.cache.budget.map(|b| b.low_bytes))
-        .ok_or(GcError::NoTarget)?;
     let storage = Storage::open(&config.storage).await?;
     storage.rebuild_index().await?;
+    let target = gc_target(config, &storage, target)?;
     let metrics = Metrics::new();
     let cache = Cache::new(
         storage.clone(),
@@ -53,6 +51,22 @@ pub async fn gc(config: &Config, dry_run: bool, target: Option<u64>) -> Result<S
         );
     }
     Ok(report)
+}
+
+/// `--target`, else `cache.maxsize`'s low watermark; below `cache.minfree`, whatever brings
+/// the disk back above it if that is lower.
+fn gc_target(config: &Config, storage: &Storage, target: Option<u64>) -> Result<u64, GcError> {
+    let asked = target.or(config.cache.budget.map(|b| b.low_bytes));
+    let Some(min_free) = config.cache.min_free else {
+        return asked.ok_or(GcError::NoTarget);
+    };
+    storage.keep_free(min_free);
+    let stored = storage.index().totals().content_bytes;
+    let for_floor = match storage.free_floor().bytes_to_free() {
+        Some(to_free) => stored.saturating_sub(to_free),
+        None => stored,
+    };
+    Ok(asked.map_or(for_floor, |asked| asked.min(for_floor)))
 }
 
 fn describe(storage: &Storage, plan: &Plan, target: u64, pinned: u64, dry_run: bool) -> String {

@@ -74,6 +74,9 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let cache = Cache::new(storage.clone(), registries, metrics.clone());
     cache.spawn_access_publisher();
     cache.spawn_expiry(config.proxy.content_ttl);
+    if let Some(min_free) = config.cache.min_free {
+        storage.keep_free(min_free);
+    }
     cache.spawn_evictor(config.cache.clone());
     let health = Health::spawn(
         storage,

@@ -88,15 +88,26 @@ fn storage_detail(pressure: &PressureState) -> serde_json::Value {
     detail
 }
 
-async fn metrics(State(state): State<OpsState>) -> Response {
-    let metrics = state.cache.metrics();
-    metrics.storage_full(state.cache.storage_handle().pressure().is_full());
-    for (registry, quota) in state.cache.upstream_quotas() {
+/// Sets the gauges read on demand (storage full, cache size, quotas): before every scrape and
+/// every status page figure, so both show the same.
+pub(super) fn refresh_gauges(cache: &Cache) {
+    let metrics = cache.metrics();
+    let storage = cache.storage_handle();
+    metrics.storage_full(storage.pressure().is_full());
+    if storage.index().is_built() {
+        // Current at every scrape, not only at the evictor's checks (and without a budget).
+        metrics.cache_bytes(storage.index().totals().content_bytes);
+    }
+    for (registry, quota) in cache.upstream_quotas() {
         metrics.rate_limit(registry.name(), quota);
     }
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    refresh_gauges(&state.cache);
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        metrics.render(),
+        state.cache.metrics().render(),
     )
         .into_response()
 }

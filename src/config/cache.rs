@@ -25,6 +25,25 @@ pub struct CacheConfig {
     pub pins: Pins,
     /// Content served within this long is never evicted (a pull in progress keeps its image).
     pub keep_recent: Duration,
+    /// Free space kept on a filesystem store's disk (`cache.minfree`).
+    pub min_free: Option<MinFree>,
+}
+
+/// `cache.minfree`: bytes (`5GiB`) or a share of the filesystem (`10%`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    Bytes(u64),
+    Share(f64),
+}
+
+impl MinFree {
+    /// The bytes to keep free on a filesystem of `total` bytes.
+    pub fn bytes_of(self, total: u64) -> u64 {
+        match self {
+            MinFree::Bytes(bytes) => bytes,
+            MinFree::Share(share) => (total as f64 * share) as u64,
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -33,6 +52,7 @@ impl Default for CacheConfig {
             budget: None,
             pins: Pins::default(),
             keep_recent: DEFAULT_KEEP_RECENT,
+            min_free: None,
         }
     }
 }
@@ -79,6 +99,8 @@ pub(super) struct RawCache {
     pin: Vec<String>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
     keeprecent: Option<Duration>,
+    #[serde(deserialize_with = "scalar::deserialize_optional_text")]
+    minfree: Option<String>,
 }
 
 impl RawCache {
@@ -143,6 +165,7 @@ impl RawCache {
             budget,
             pins: Pins { pins },
             keep_recent: self.keeprecent.unwrap_or(DEFAULT_KEEP_RECENT),
+            min_free: self.minfree.map(min_free).transpose()?.flatten(),
         })
     }
 }
@@ -161,6 +184,29 @@ fn watermark(key: &str, written: Option<String>, default: f64) -> Result<f64, Co
         bad(
             key,
             format!("{text:?} is not a share of cache.maxsize such as 90% or 0.9"),
+        )
+    })
+}
+
+/// `5GiB`, `10%`; `0` (or nothing) keeps no floor.
+fn min_free(written: String) -> Result<Option<MinFree>, ConfigError> {
+    let text = written.trim();
+    if text.is_empty() || text == "0" {
+        return Ok(None);
+    }
+    let value = match text.strip_suffix('%') {
+        Some(percent) => percent
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| *p > 0.0 && *p < 100.0)
+            .map(|p| MinFree::Share(p / 100.0)),
+        None => parse_bytes(text).map(MinFree::Bytes),
+    };
+    value.map(Some).ok_or_else(|| {
+        bad(
+            "cache.minfree",
+            format!("{text:?} is not a size such as 5GiB or a share of the disk such as 10%"),
         )
     })
 }
@@ -208,6 +254,21 @@ mod tests {
         }
         for text in ["", "GiB", "-5GB", "5 parsecs", "0.1", "1e400"] {
             assert_eq!(parse_bytes(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn min_free_is_a_size_or_a_share_of_the_disk() {
+        assert_eq!(
+            min_free("5GiB".into()).unwrap(),
+            Some(MinFree::Bytes(5 << 30))
+        );
+        assert_eq!(min_free("10%".into()).unwrap(), Some(MinFree::Share(0.1)));
+        assert_eq!(MinFree::Share(0.1).bytes_of(1000), 100);
+        assert_eq!(min_free("0".into()).unwrap(), None);
+        for text in ["100%", "-1%", "lots", "5 parsecs"] {
+            let error = min_free(text.into()).unwrap_err().to_string();
+            assert!(error.contains("cache.minfree"), "{text}: {error}");
         }
     }
 

@@ -14,7 +14,7 @@ mod proxy;
 mod registries;
 mod schema;
 pub use access::{AccessConfig, HtpasswdConfig, Patterns};
-pub use cache::{parse_bytes, Budget, CacheConfig, Pins};
+pub use cache::{parse_bytes, Budget, CacheConfig, MinFree, Pins};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;
@@ -211,15 +211,23 @@ impl RawConfig {
         let (mut proxy, mut listed) = (self.proxy, self.registries);
         registries::merge_docker_hub(&mut proxy, &mut listed)?;
         let proxy = proxy.validate_default()?;
+        let storage = self.storage.validate()?;
+        let cache = self.cache.validate()?;
+        if cache.min_free.is_some() && !matches!(storage, StorageConfig::Filesystem { .. }) {
+            return Err(bad(
+                "cache.minfree",
+                "keeps free space on a filesystem store's disk; with object storage, set cache.maxsize",
+            ));
+        }
         Ok(Config {
             http: self.http.validate()?,
-            storage: self.storage.validate()?,
+            storage,
             registries: registries::validate(listed, &proxy)?,
             proxy,
             log: self.log.validate()?,
             health: self.health.validate()?,
             access: access::validate(self.auth, self.access)?,
-            cache: self.cache.validate()?,
+            cache,
         })
     }
 }
@@ -351,6 +359,11 @@ proxy:
             (
                 "health: {storagedriver: {interval: 0}}",
                 "health.storagedriver.interval",
+            ),
+            ("cache: {minfree: 150%}", "cache.minfree"),
+            (
+                "storage: {inmemory: {}}\ncache: {minfree: 1GiB}",
+                "cache.minfree",
             ),
         ] {
             let error = Config::from_yaml(yaml, no_env()).unwrap_err().to_string();

@@ -218,6 +218,7 @@ pub const ROOT: Key = Section(&[
             ("lowwatermark", Used),
             ("pin", Used),
             ("keeprecent", Used),
+            ("minfree", Used),
         ]),
     ),
     // cistern's extension: further registries, by the host clients name them by.

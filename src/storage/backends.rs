@@ -88,6 +88,7 @@ impl Storage {
                 })?,
             ),
             pressure: Arc::default(),
+            free_floor: Arc::default(),
         };
         storage.check_at_start(name).await?;
         Ok(storage)

@@ -14,7 +14,11 @@
 //! in 5,000 repositories), so ~175 MB per million objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use super::layout::{classify, KeyKind};
 
@@ -119,9 +123,21 @@ enum Change {
     Delete { key: String },
 }
 
-#[derive(Default)]
 pub struct StoreIndex {
     inner: Mutex<Inner>,
+    /// Content bytes above which `size_alarm` rings (u64::MAX: never).
+    alarm_above: AtomicU64,
+    size_alarm: Notify,
+}
+
+impl Default for StoreIndex {
+    fn default() -> Self {
+        StoreIndex {
+            inner: Mutex::default(),
+            alarm_above: AtomicU64::new(u64::MAX),
+            size_alarm: Notify::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -165,6 +181,26 @@ impl StoreIndex {
         if let Some(log) = inner.during_rebuild.as_mut() {
             log.push(change);
         }
+        self.check_size(inner.state.content_bytes);
+    }
+
+    fn check_size(&self, content_bytes: u64) {
+        if content_bytes > self.alarm_above.load(Ordering::Relaxed) {
+            self.size_alarm.notify_one();
+        }
+    }
+
+    /// Rings `size_alarm` whenever a change leaves more than `bytes` of content (the budget's
+    /// high watermark: the evictor need not wait for its next check).
+    pub fn alarm_above(&self, bytes: u64) {
+        self.alarm_above.store(bytes, Ordering::Relaxed);
+        self.check_size(self.totals().content_bytes);
+    }
+
+    /// Completes once content went above the alarm's size (at once if it did since the last
+    /// wait completed: one permit is kept).
+    pub fn size_alarm(&self) -> Notified<'_> {
+        self.size_alarm.notified()
     }
 
     /// An object was written at `key`.
@@ -200,6 +236,7 @@ impl StoreIndex {
         }
         inner.state = state;
         inner.built = true;
+        self.check_size(inner.state.content_bytes);
     }
 
     /// A listing failed: the index keeps what it had, with the changes made meanwhile.
@@ -438,5 +475,23 @@ mod tests {
         assert!(index.is_built());
         assert_eq!(index.repositories(), ["new/two", "old/one"]);
         assert_eq!(index.totals().content_bytes, 7);
+    }
+
+    #[test]
+    fn the_size_alarm_rings_when_content_goes_above_its_size() {
+        let index = StoreIndex::default();
+        index.alarm_above(10);
+        index.put(&format!("blobs/sha256/{}/{HEX}", &HEX[..2]), 10);
+        use futures::FutureExt;
+        assert!(
+            index.size_alarm().now_or_never().is_none(),
+            "not above 10 bytes yet"
+        );
+        let other = "b".repeat(64);
+        index.put(&format!("blobs/sha256/bb/{other}"), 1);
+        assert!(
+            index.size_alarm().now_or_never().is_some(),
+            "rung at 11 bytes"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! `object_store::ObjectStore` (the local filesystem today; S3, GCS or Azure later).
 
 mod backends;
+mod free_space;
 mod index;
 pub mod layout;
 mod local_read;
@@ -24,6 +25,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use free_space::{disk_room, DiskRoom, FreeSpaceFloor};
 pub use index::{Records, RepositorySummary, StoreIndex, Totals};
 pub use pressure::{PressureState, Refusal, StoragePressure};
 pub use spool::{SpoolAppender, SpoolCursor, SpoolDir, SpoolFile, SpoolReader};
@@ -124,6 +126,8 @@ pub struct Storage {
     spool: Arc<SpoolDir>,
     /// Whether writes are refused for lack of space; every write reports to it.
     pressure: Arc<StoragePressure>,
+    /// `cache.minfree` on a filesystem store; never set on object stores.
+    free_floor: Arc<FreeSpaceFloor>,
 }
 
 impl Storage {
@@ -136,7 +140,10 @@ impl Storage {
         };
         std::fs::create_dir_all(root).map_err(root_error)?;
         let root = root.canonicalize().map_err(root_error)?;
-        let spool = SpoolDir::clean(root.join(layout::SPOOL)).map_err(root_error)?;
+        let free_floor = Arc::new(FreeSpaceFloor::new(&root));
+        let spool = SpoolDir::clean(root.join(layout::SPOOL))
+            .map_err(root_error)?
+            .with_floor(free_floor.clone());
         let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| root_error(std::io::Error::other(e)))?
             .with_automatic_cleanup(true);
@@ -146,6 +153,7 @@ impl Storage {
             index: Arc::default(),
             spool: Arc::new(spool),
             pressure: Arc::default(),
+            free_floor,
         })
     }
 
@@ -162,6 +170,19 @@ impl Storage {
     /// Whether the store is full, as its last writes said; shared by every clone.
     pub fn pressure(&self) -> &Arc<StoragePressure> {
         &self.pressure
+    }
+
+    /// Keeps `min_free` free on a filesystem store's disk (`cache.minfree`): content is no
+    /// longer written below it. Ignored on object stores (the config refuses the key there).
+    pub fn keep_free(&self, min_free: crate::config::MinFree) {
+        if self.is_local() {
+            self.free_floor.keep(min_free);
+        }
+    }
+
+    /// The free-space floor (`cache.minfree`), for the evictor.
+    pub fn free_floor(&self) -> &FreeSpaceFloor {
+        &self.free_floor
     }
 
     /// Tells the pressure how a write to `key` went, and passes the result on.
@@ -291,6 +312,15 @@ impl Storage {
 
     /// Writes a small object in one atomic put.
     pub async fn write_small(&self, key: &Path, bytes: Bytes) -> Result<(), StorageError> {
+        if let layout::KeyKind::Content { .. } = layout::classify(key.as_ref()) {
+            if let Err(source) = self.free_floor.check(key.as_ref()) {
+                let refused = Err(StorageError::Io {
+                    key: key.to_string(),
+                    source,
+                });
+                return self.reported(key, refused);
+            }
+        }
         let size = bytes.len() as u64;
         let result = self
             .store

@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use super::free_space::FreeSpaceFloor;
 use super::relay::{Relay, RelayCursor};
 
 /// Names the spool directories of processes using an object store, followed by their pid.
@@ -33,6 +34,8 @@ static PROCESS_SPOOL: OnceLock<PathBuf> = OnceLock::new();
 /// The directory spool files live in; it belongs to one cistern process.
 pub struct SpoolDir {
     path: PathBuf,
+    /// `cache.minfree` of the store the spools are on (filesystem stores only).
+    floor: Option<Arc<FreeSpaceFloor>>,
 }
 
 impl SpoolDir {
@@ -47,7 +50,13 @@ impl SpoolDir {
             Err(e) => return Err(e),
         }
         std::fs::create_dir_all(&path)?;
-        Ok(SpoolDir { path })
+        Ok(SpoolDir { path, floor: None })
+    }
+
+    /// Spools in this directory stop taking bytes while its disk is below `floor`.
+    pub fn with_floor(mut self, floor: Arc<FreeSpaceFloor>) -> Self {
+        self.floor = Some(floor);
+        self
     }
 
     /// For a store that is not a local directory: a directory of this process under the
@@ -71,7 +80,10 @@ impl SpoolDir {
             temp.join(ours)
         });
         std::fs::create_dir_all(path)?;
-        Ok(SpoolDir { path: path.clone() })
+        Ok(SpoolDir {
+            path: path.clone(),
+            floor: None,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -82,6 +94,9 @@ impl SpoolDir {
     pub fn create(&self, label: &str) -> std::io::Result<SpoolFile> {
         let n = NEXT_SPOOL.fetch_add(1, Ordering::Relaxed);
         let path = self.path.join(format!("{label}.{n}"));
+        if let Some(floor) = &self.floor {
+            floor.check(&path.display().to_string())?;
+        }
         let writer = File::options().write(true).create_new(true).open(&path)?;
         let reader = match File::open(&path) {
             Ok(reader) => reader,
@@ -95,6 +110,7 @@ impl SpoolDir {
             writer: Some(Arc::new(writer)),
             shared: Arc::new(Shared::new(Some(reader))),
             kept: false,
+            floor: self.floor.clone(),
         })
     }
 }
@@ -144,6 +160,7 @@ pub struct SpoolFile {
     shared: Arc<Shared>,
     /// It became a cached object (renamed into place): do not delete it on drop.
     kept: bool,
+    floor: Option<Arc<FreeSpaceFloor>>,
 }
 
 impl SpoolFile {
@@ -157,6 +174,7 @@ impl SpoolFile {
             writer: None,
             shared: Arc::new(shared),
             kept: false,
+            floor: None,
         }
     }
 
@@ -167,6 +185,7 @@ impl SpoolFile {
             shared: self.shared.clone(),
             written: 0,
             handed_to_disk: 0,
+            floor: self.floor.clone(),
         }
     }
 
@@ -222,6 +241,8 @@ pub struct SpoolAppender {
     written: u64,
     /// Bytes before this offset are already on their way to the disk.
     handed_to_disk: u64,
+    /// Checked at every writeback step: below `cache.minfree`, the rest goes to the relay.
+    floor: Option<Arc<FreeSpaceFloor>>,
 }
 
 impl SpoolAppender {
@@ -235,6 +256,7 @@ impl SpoolAppender {
                     self.written += bytes.len() as u64;
                     if self.written - self.handed_to_disk >= WRITEBACK_STEP {
                         self.start_writeback();
+                        self.keep_above_floor();
                     }
                     return Ok(());
                 }
@@ -248,6 +270,16 @@ impl SpoolAppender {
         self.shared.relay.push(bytes.clone());
         self.written += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Below `cache.minfree`, the file takes no more: the rest of the blob goes through the
+    /// relay (uncached), as on a full disk.
+    fn keep_above_floor(&mut self) {
+        let Some(floor) = &self.floor else { return };
+        if let Err(cause) = floor.check("a spool file") {
+            self.file = None;
+            self.shared.overflow(self.written, cause);
+        }
     }
 
     /// Starts writing what was appended to the disk without waiting for it, so the fsync

@@ -292,9 +292,8 @@ impl Metrics {
         }
     }
 
-    /// The cache's size as the index counts it now, between the evictor's checks (which also
-    /// set the budget and the pinned bytes).
-    pub fn cache_bytes_now(&self, bytes: u64) {
+    /// The bytes of cached content now.
+    pub fn cache_bytes(&self, bytes: u64) {
         self.inner.cache_bytes.set(bytes as i64);
     }
 

@@ -4,7 +4,7 @@
 //! comes back. The tests mount a small tmpfs, so they run as root (as CI does); a refused mount
 //! fails them, it never skips them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,86 +12,10 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::common::moto::Moto;
+use crate::common::tmpfs::Tmpfs;
 use crate::common::*;
 
 const MIB: usize = 1024 * 1024;
-
-/// A tmpfs of a few MiB mounted for one test, with filler files to make it full; unmounted
-/// when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-    fillers: Vec<PathBuf>,
-}
-
-impl Tmpfs {
-    fn mount(mib: usize) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        match mounted {
-            Ok(status) if status.success() => {}
-            other => panic!(
-                "these tests need a small real filesystem: `mount -t tmpfs` failed ({other:?}); run them as root, as CI does"
-            ),
-        }
-        Tmpfs {
-            dir,
-            fillers: Vec::new(),
-        }
-    }
-
-    /// The storage root inside it.
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    /// Writes 1 MiB filler files until the filesystem refuses, then 4 KiB ones for the pages
-    /// left, so not a page is free.
-    fn fill(&mut self) {
-        for size in [MIB, 4096] {
-            let chunk = vec![0x5a; size];
-            loop {
-                let path = self
-                    .dir
-                    .path()
-                    .join(format!("filler-{}", self.fillers.len()));
-                let result = std::fs::write(&path, &chunk);
-                self.fillers.push(path);
-                match result {
-                    Ok(()) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                    Err(e) => panic!("filling the tmpfs: {e}"),
-                }
-            }
-        }
-    }
-
-    /// Frees `mib` whole MiB of filler.
-    fn free(&mut self, mib: usize) {
-        for _ in 0..mib {
-            let path = self.fillers.remove(0);
-            std::fs::remove_file(path).unwrap();
-        }
-    }
-
-    /// Space comes back: every filler goes.
-    fn empty(&mut self) {
-        for path in self.fillers.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// A mirror storing on `tmpfs`, serving (so its storage is set up) before it is filled. With
 /// `health`, its storage check runs every 50 ms and one failure would make it unready;
@@ -113,7 +37,7 @@ async fn mirror_on(tmpfs: &Tmpfs, upstream: &str, health: bool) -> Mirror {
 
 /// Waits until the mirror answers `/v2/` (its storage is set up by then).
 async fn serving(mirror: &Mirror) {
-    until("the mirror serves", || async move {
+    until("the mirror serves", Duration::from_secs(30), async || {
         mirror
             .http
             .get(format!("{}/v2/", mirror.url))
@@ -122,22 +46,6 @@ async fn serving(mirror: &Mirror) {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-}
-
-/// Polls until `done` holds, for at most 30 s.
-async fn until<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Files below `dir`, relative to it.
@@ -164,9 +72,11 @@ fn files_below(dir: &Path) -> Vec<String> {
 /// Nothing cached, nothing partial: no content, no link or record, no spool file, no staging
 /// file (once the fills ended, which the spool shows).
 async fn nothing_stored(mirror: &Mirror) {
-    until("every spool file is gone", || async move {
-        files_below(&mirror.storage.join("_spool")).is_empty()
-    })
+    until(
+        "every spool file is gone",
+        Duration::from_secs(30),
+        async || files_below(&mirror.storage.join("_spool")).is_empty(),
+    )
     .await;
     assert_eq!(mirror.stored_files(), Vec::<String>::new());
 }
@@ -205,12 +115,16 @@ async fn a_cold_pull_on_a_full_disk_streams_through_verified_and_leaves_nothing(
     // The probe fails too (every 50 ms, threshold 1), yet a full store keeps the mirror ready:
     // it serves, and says since when storage is full.
     let m = &mirror;
-    until("the health check ran on the full disk", || async move {
-        m.metrics()
-            .await
-            .value(r#"cistern_storage_errors_total{operation="health"}"#)
-            >= 2.0
-    })
+    until(
+        "the health check ran on the full disk",
+        Duration::from_secs(30),
+        async || {
+            m.metrics()
+                .await
+                .value(r#"cistern_storage_errors_total{operation="health"}"#)
+                >= 2.0
+        },
+    )
     .await;
     for base in [&mirror.debug_url, &mirror.url] {
         let (status, body) = readyz(base).await;
@@ -497,7 +411,7 @@ async fn a_client_that_comes_after_the_relay_moved_on_gets_the_blob_from_a_new_f
     let first = tokio::spawn(async move { first.bytes().await.unwrap() });
     // More than the relay holds has gone through: the first bytes are gone from memory.
     let m = &mirror;
-    until("10 MiB went through", || async move {
+    until("10 MiB went through", Duration::from_secs(30), async || {
         m.metrics()
             .await
             .value(r#"cistern_upstream_fetched_bytes_total{registry="docker.io"}"#)

@@ -107,19 +107,10 @@ pub struct Summary {
     pub fills_in_flight: u64,
 }
 
-/// Sets the gauges that are computed on demand (quotas, storage full, cache size), as the
-/// metrics endpoint does before rendering, and reads every metric back.
+/// Every metric, read back after the gauges computed on demand were set, as a scrape does.
 pub fn read(cache: &Cache) -> Readings {
-    let metrics = cache.metrics();
-    metrics.storage_full(cache.storage_handle().pressure().is_full());
-    for (registry, quota) in cache.upstream_quotas() {
-        metrics.rate_limit(registry.name(), quota);
-    }
-    let index = cache.storage_handle().index();
-    if index.is_built() {
-        metrics.cache_bytes_now(index.totals().content_bytes);
-    }
-    Readings::parse(&metrics.render())
+    super::super::ops::refresh_gauges(cache);
+    Readings::parse(&cache.metrics().render())
 }
 
 pub fn summary(cache: &Cache, readings: &Readings, uptime_seconds: u64) -> Summary {

@@ -25,6 +25,9 @@ use crate::storage::layout;
 
 /// How often the evictor looks at the cache's size.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// The least time between two checks when writes above the high watermark wake the
+/// evictor: a burst of writes makes one check, not one each.
+const WOKEN_GAP: Duration = Duration::from_millis(500);
 /// On a full store, eviction frees this fraction (1/n) of what is stored at least.
 const FULL_DISK_SHARE: u64 = 10;
 
@@ -209,47 +212,49 @@ impl Cache {
         Ok(freed)
     }
 
-    /// One check: above the high watermark (or when storage refused a write for lack of
-    /// space), evicts down to the low one (or by a tenth of what is stored).
+    /// One check: above the high watermark, evicts down to the low one; below `cache.minfree`,
+    /// frees what brings the disk back above it; when storage refused a write for lack of
+    /// space for another reason, frees a tenth of what is stored. The lowest target wins.
+    /// True when it should have evicted but could not (nothing evictable, another replica's
+    /// lease, a storage error): a write going over budget need not wake it again at once.
     pub async fn keep_within(
         &self,
         budget: Option<&Budget>,
         storage_full: bool,
         config: &CacheConfig,
-    ) {
+    ) -> bool {
         let index = self.storage().index();
         if !index.is_built() {
-            return;
+            return false;
         }
         let before = index.totals().content_bytes;
         let max_bytes = budget.map_or(0, |b| b.max_bytes);
-        let over_budget = budget.is_some_and(|b| before > b.high_bytes);
-        if !over_budget && !storage_full {
+        let Some(target) = eviction_target(
+            before,
+            budget,
+            self.storage().free_floor().bytes_to_free(),
+            storage_full,
+        ) else {
             self.metrics().cache_size(before, max_bytes, None);
-            return;
-        }
-        // A full disk before the budget is reached (or with none): make room all the same.
-        let room = before - before / FULL_DISK_SHARE;
-        let target = match budget {
-            Some(b) if storage_full => b.low_bytes.min(room),
-            Some(b) => b.low_bytes,
-            None => room,
+            return false;
         };
         // Replicas of one bucket evict one at a time.
         let lease = match lease::Lease::take(self.storage(), &self.inner.replica).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 self.metrics().eviction_deferred();
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the eviction lease; trying again shortly");
-                return;
+                return true;
             }
         };
-        self.evict_down_to(target, before, max_bytes, storage_full, config)
+        let stuck = self
+            .evict_down_to(target, before, max_bytes, storage_full, config)
             .await;
         lease.release().await;
+        stuck
     }
 
     async fn evict_down_to(
@@ -259,7 +264,7 @@ impl Cache {
         max_bytes: u64,
         storage_full: bool,
         config: &CacheConfig,
-    ) {
+    ) -> bool {
         let index = self.storage().index();
         let (plan, pinned) = match self.plan_eviction(target, config).await {
             Ok((plan, pinned)) => {
@@ -268,7 +273,7 @@ impl Cache {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot plan an eviction; trying again shortly");
-                return;
+                return true;
             }
         };
         if plan.content.is_empty() && plan.tags.is_empty() {
@@ -278,7 +283,7 @@ impl Cache {
                 storage_full,
                 "cache is over its budget but nothing may be evicted now (pinned, being fetched or served within cache.keeprecent)"
             );
-            return;
+            return true;
         }
         match self.evict(&plan).await {
             Ok(freed) => {
@@ -311,40 +316,118 @@ impl Cache {
                     "evicted to keep within cache.maxsize, or to make room on a full store"
                 );
             }
-            Err(e) => tracing::warn!(error = %e, "eviction stopped early; trying again shortly"),
+            Err(e) => {
+                tracing::warn!(error = %e, "eviction stopped early; trying again shortly");
+                return true;
+            }
         }
+        false
     }
 
-    /// Starts the evictor: every few seconds against `cache.maxsize` when it is set, and at
-    /// once whenever storage refuses a write for lack of space, with or without a budget.
+    /// Starts the evictor: every few seconds against `cache.maxsize` and `cache.minfree` when
+    /// set, and at once whenever storage refuses a write for lack of space, with or without.
     pub fn spawn_evictor(&self, config: CacheConfig) -> tokio::task::JoinHandle<()> {
         let cache = self.clone();
+        let periodic = config.budget.is_some() || self.storage().free_floor().is_set();
+        if let Some(budget) = &config.budget {
+            // Writes that take content above the high mark wake the evictor at once: a
+            // small budget would otherwise be overrun many times over between checks.
+            self.storage().index().alarm_above(budget.high_bytes);
+            self.metrics().cache_size(0, budget.max_bytes, None);
+        }
         tokio::spawn(async move {
+            let storage = cache.storage().clone();
             let mut ticker = tokio::time::interval(CHECK_EVERY);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_check: Option<std::time::Instant> = None;
+            let mut last_check: Option<tokio::time::Instant> = None;
+            // Off while the cache is over budget with nothing evictable: the ticker retries.
+            let mut alarm_armed = true;
             loop {
-                let refused = tokio::select! {
-                    _ = ticker.tick(), if config.budget.is_some() => false,
-                    _ = cache.storage_pressure().refusal() => true,
+                let woken = tokio::select! {
+                    _ = ticker.tick(), if periodic => Woken::Tick,
+                    _ = storage.index().size_alarm(), if alarm_armed => Woken::OverBudget,
+                    _ = storage.pressure().refusal() => Woken::Refused,
                 };
-                // Every refused write wakes the evictor; one check per interval is enough.
-                if refused && last_check.is_some_and(|at| at.elapsed() < CHECK_EVERY) {
-                    continue;
+                let since = last_check.map(|at| at.elapsed());
+                match woken {
+                    // Every refused write wakes the evictor; one check per interval is enough.
+                    Woken::Refused if since.is_some_and(|s| s < CHECK_EVERY) => continue,
+                    Woken::OverBudget if since.is_some_and(|s| s < WOKEN_GAP) => {
+                        tokio::time::sleep(WOKEN_GAP - since.unwrap_or_default()).await
+                    }
+                    _ => {}
                 }
-                last_check = Some(std::time::Instant::now());
-                let full = refused || cache.storage_pressure().is_full();
-                cache
+                last_check = Some(tokio::time::Instant::now());
+                let full = woken == Woken::Refused || storage.pressure().is_full();
+                let stuck = cache
                     .keep_within(config.budget.as_ref(), full, &config)
                     .await;
+                alarm_armed = !stuck;
             }
         })
+    }
+}
+
+/// What woke the evictor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Woken {
+    Tick,
+    /// A write took content above the high watermark.
+    OverBudget,
+    /// A write was refused for lack of space.
+    Refused,
+}
+
+/// The content bytes to evict down to, if any: the low watermark above the high one; enough
+/// to bring the disk back above `cache.minfree` (`floor_to_free`); a tenth of what is stored
+/// when a write was refused for lack of space and the floor does not explain it (a full disk
+/// before the budget is reached, or with none). The lowest wins.
+fn eviction_target(
+    stored: u64,
+    budget: Option<&Budget>,
+    floor_to_free: Option<u64>,
+    storage_full: bool,
+) -> Option<u64> {
+    let budget_target = budget
+        .filter(|b| stored > b.high_bytes)
+        .map(|b| b.low_bytes);
+    let room_target = match floor_to_free {
+        Some(to_free) => Some(stored.saturating_sub(to_free)),
+        None if storage_full => Some(stored - stored / FULL_DISK_SHARE),
+        None => None,
+    };
+    match (budget_target, room_target) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lowest_of_budget_floor_and_full_disk_targets_wins() {
+        let budget = Budget {
+            max_bytes: 1000,
+            high_bytes: 950,
+            low_bytes: 850,
+        };
+        assert_eq!(eviction_target(900, Some(&budget), None, false), None);
+        assert_eq!(eviction_target(960, Some(&budget), None, false), Some(850));
+        assert_eq!(eviction_target(900, None, None, true), Some(810));
+        assert_eq!(eviction_target(960, Some(&budget), None, true), Some(850));
+        assert_eq!(
+            eviction_target(900, Some(&budget), Some(300), false),
+            Some(600)
+        );
+        assert_eq!(
+            eviction_target(960, Some(&budget), Some(50), true),
+            Some(850)
+        );
+        assert_eq!(eviction_target(100, None, Some(300), true), Some(0));
+        assert_eq!(eviction_target(900, None, None, false), None);
+    }
 
     #[test]
     fn manifests_name_what_they_reference() {

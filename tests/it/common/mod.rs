@@ -6,6 +6,8 @@ pub mod binary;
 pub mod fault_proxy;
 pub mod hostile;
 pub mod moto;
+pub mod poll;
+pub mod tmpfs;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use tokio::sync::oneshot;
 // Not every test crate that includes this module uses the proxy.
 #[allow(unused_imports)]
 pub use fault_proxy::{Fault, FaultProxy};
+pub use poll::until;
 pub use upstream::{sha256, FakeUpstream, PASSWORD, USER};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -220,6 +223,17 @@ impl Mirror {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A GET of `path` in a task of its own (to be answered while the test does more): its
+    /// status and body.
+    pub fn spawn_get(&self, path: &str) -> tokio::task::JoinHandle<(u16, Bytes)> {
+        let (http, url) = (self.http.clone(), format!("{}{path}", self.url));
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap())
+        })
     }
 
     /// A GET with `Range: {range}` (e.g. `bytes=10-19`).

@@ -85,9 +85,12 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         config.health.storage.clone(),
         metrics,
     );
+    let history = api::History::default();
+    history.spawn_sampler(cache.clone());
     let ops = api::OpsState {
         cache: cache.clone(),
         health: health.clone(),
+        history,
     };
     let metrics_path = config
         .http
@@ -111,7 +114,7 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         extra_headers: Arc::new(config.http.headers.clone()),
     };
     Ok(App {
-        api: api::router(state, ops),
+        api: api::router(state, ops, config.http.status_page),
         debug,
         health,
     })

@@ -12,6 +12,7 @@ use super::single_flight::{self, AttemptState, Role, SingleFlight};
 use super::{Cache, CacheError, Outcome};
 use crate::registry::{accepts, upstream_accept, Digest, Reference, RepoName, Tag};
 use crate::storage::{layout, StorageError};
+use crate::telemetry::ProblemKind;
 use crate::upstream::ManifestHead;
 
 /// A manifest to serve; `body` is None when only its headers were asked for (HEAD).
@@ -70,6 +71,7 @@ impl Cache {
             .await?;
         if let Reference::Tag(tag) = reference {
             self.inner.access.tag_served(repo, tag);
+            self.inner.pulls.pulled(repo);
         }
         self.inner.access.content_served(&answer.digest);
         Ok(answer)
@@ -299,6 +301,9 @@ impl Cache {
                     registry = %repo.registry(), repository = %repo, tag = %tag, digest = %digest, error = %e,
                     "upstream failed to revalidate the tag; serving the cached manifest"
                 );
+                let message = format!("{repo}:{tag}: upstream failed to revalidate the tag, the cached manifest was served: {e}");
+                self.metrics()
+                    .problem(ProblemKind::Upstream, Some(repo.as_str()), &message);
                 Ok(answer.with_outcome(Outcome::Stale))
             }
             Err(e) => Err(e),

@@ -11,12 +11,14 @@ mod hot;
 mod manifests;
 mod not_found;
 mod outcome;
+mod pulls;
 mod purge;
 mod records;
 mod refresh;
 mod registries;
 mod single_flight;
 mod small_blobs;
+mod status;
 mod tags;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
 use access::AccessTimes;
+pub use fills::FillView;
 use fills::Fills;
 use manifests::ManifestFlights;
 pub use registries::{CachedRegistries, CachedRegistry};
@@ -37,6 +40,7 @@ pub use outcome::Outcome;
 pub use purge::{PurgeReport, PurgeTarget};
 pub use records::now_ms;
 pub use refresh::Refreshed;
+pub use status::{RepositoryPage, RepositoryView};
 pub use tags::{paginate, TagListPage};
 
 /// Why the cache could not answer. The API layer turns each into an OCI error.
@@ -109,6 +113,8 @@ struct Inner {
     hot: hot::Hot,
     /// When each tag and content object was last served.
     access: AccessTimes,
+    /// How many times each repository was pulled.
+    pulls: pulls::PullCounts,
     /// What each manifest references, for eviction.
     references: eviction::References,
     /// This process among the replicas of a shared store (`<host>-<pid>`).
@@ -126,6 +132,7 @@ impl Cache {
                 manifest_flights: ManifestFlights::default(),
                 hot: hot::Hot::default(),
                 access: AccessTimes::default(),
+                pulls: pulls::PullCounts::default(),
                 references: eviction::References::default(),
                 replica: access_publish::replica_id(),
                 metrics,

@@ -190,6 +190,8 @@ pub const ROOT: Key = Section(&[
             // how many client connections may be open at once.
             ("timeouts", Section(&[("header", Used)])),
             ("maxconnections", Used),
+            // cistern's extension: the status page on this listener too, under /_cistern/.
+            ("statuspage", Used),
         ]),
     ),
     ("notifications", Ignored),

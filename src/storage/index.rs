@@ -149,6 +149,18 @@ struct Inner {
     built: bool,
 }
 
+/// One repository as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositorySummary {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub manifests: usize,
+    pub blobs: usize,
+    /// Bytes of the content its links reference (content shared with other repositories is
+    /// counted in each).
+    pub bytes: u64,
+}
+
 /// What the store holds, in figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Totals {
@@ -261,6 +273,45 @@ impl StoreIndex {
         let page: Vec<String> = names.by_ref().take(n).cloned().collect();
         let more = names.next().is_some();
         (page, more)
+    }
+
+    /// Repositories whose name contains `query` and that `keep` lets through, in order: how
+    /// many there are, and those from the `skip`th on (at most `take`), each with its tags and
+    /// the bytes of the content it references. Reads every name (a substring match cannot use
+    /// the order), but sums sizes for the page only.
+    pub fn search(
+        &self,
+        query: &str,
+        skip: usize,
+        take: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> (usize, Vec<RepositorySummary>) {
+        let inner = self.lock();
+        let state = &inner.state;
+        let matching = state
+            .repositories
+            .iter()
+            .filter(|(name, _)| name.contains(query) && keep(name));
+        let mut total = 0;
+        let mut page = Vec::new();
+        for (name, records) in matching {
+            if total >= skip && page.len() < take {
+                page.push(RepositorySummary {
+                    name: name.clone(),
+                    tags: records.tags.iter().cloned().collect(),
+                    manifests: records.manifests.len(),
+                    blobs: records.blobs.len(),
+                    bytes: records
+                        .manifests
+                        .iter()
+                        .chain(&records.blobs)
+                        .filter_map(|digest| state.content.get(digest))
+                        .sum(),
+                });
+            }
+            total += 1;
+        }
+        (total, page)
     }
 
     /// The tags of `repository`, sorted, once the index is built and knows any.
@@ -381,6 +432,30 @@ mod tests {
             (vec!["a/2".into(), "c/1".into()], false)
         );
         assert_eq!(index.repositories_page(None, 0, all), (vec![], true));
+    }
+
+    #[test]
+    fn a_search_pages_through_the_names_that_match() {
+        let index = StoreIndex::default();
+        index.put(&content_key(HEX), 10);
+        for name in ["a/app", "a/db", "b/app", "c/app"] {
+            index.put(&format!("repositories/{name}/_tags/v1"), 1);
+            index.put(&format!("repositories/{name}/_blobs/sha256/{HEX}"), 1);
+        }
+        index.put("repositories/a/app/_tags/v2", 1);
+        let all = |_: &str| true;
+        let names =
+            |page: Vec<RepositorySummary>| page.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let (total, page) = index.search("app", 0, 2, all);
+        assert_eq!(total, 3);
+        assert_eq!(page[0].tags, ["v1", "v2"]);
+        assert_eq!(page[0].bytes, 10);
+        assert_eq!(names(page), ["a/app", "b/app"]);
+        let (total, page) = index.search("app", 2, 2, all);
+        assert_eq!((total, names(page)), (3, vec!["c/app".to_owned()]));
+        assert_eq!(index.search("app", 10, 2, all), (3, vec![]));
+        let (total, page) = index.search("", 0, 10, |n| !n.starts_with("b/"));
+        assert_eq!((total, names(page).len()), (3, 3));
     }
 
     #[test]

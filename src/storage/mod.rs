@@ -26,7 +26,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use free_space::{disk_room, DiskRoom, FreeSpaceFloor};
-pub use index::{Records, StoreIndex, Totals};
+pub use index::{Records, RepositorySummary, StoreIndex, Totals};
 pub use pressure::{PressureState, Refusal, StoragePressure};
 pub use spool::{SpoolAppender, SpoolCursor, SpoolDir, SpoolFile, SpoolReader};
 pub use writer::ContentWriter;

@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
+use super::problems::{ProblemKind, Problems};
 use crate::cache::Outcome;
 
 /// The content type Prometheus expects for the OpenMetrics text this module renders.
@@ -110,6 +111,8 @@ struct Inner {
     evicted_bytes: Counter,
     last_eviction: Gauge<i64, AtomicI64>,
     eviction_deferred: Counter,
+    /// The last problems, for the status page (not a Prometheus metric).
+    problems: Problems,
 }
 
 impl Default for Metrics {
@@ -145,6 +148,7 @@ impl Metrics {
             evicted_bytes: registered(r, "evicted_bytes", "Bytes of content deleted by eviction"),
             last_eviction: registered(r, "last_eviction_timestamp_seconds", "When eviction last deleted something (Unix time; 0 never)"),
             eviction_deferred: registered(r, "eviction_deferred", "Checks over budget that left eviction to another replica holding the eviction lease"),
+            problems: Problems::default(),
             registry,
         };
         // Failure counters whose labels are all known start at 0, so they are exported (and
@@ -326,6 +330,15 @@ impl Metrics {
             .cut_short
             .get_or_create(&KindLabels { kind: endpoint })
             .inc();
+    }
+
+    /// Something went wrong that the status page lists (it is logged where it happens).
+    pub fn problem(&self, kind: ProblemKind, repository: Option<&str>, message: &str) {
+        self.inner.problems.record(kind, repository, message);
+    }
+
+    pub fn problems(&self) -> &Problems {
+        &self.inner.problems
     }
 
     /// Everything, in the OpenMetrics text format.

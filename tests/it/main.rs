@@ -31,5 +31,6 @@ mod s3_replicas;
 mod shared_tasks;
 mod single_flight;
 mod startup;
+mod status_page;
 mod storage_contract;
 mod upstream_errors;

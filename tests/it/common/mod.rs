@@ -584,3 +584,14 @@ pub fn add_multi_arch(up: &FakeUpstream, repo: &str, tag: &str) -> (Image, Vec<I
 pub fn add_alpine(up: &FakeUpstream) -> Image {
     add_image(up, "library/alpine", Some("latest"), OCI_MANIFEST, "alpine")
 }
+
+/// An `auth.htpasswd` section with one user (bcrypt cost 4, quick in tests), its file in `dir`.
+pub fn htpasswd_section(dir: &Path, realm: &str, user: &str, password: &str) -> String {
+    let path = dir.join("htpasswd");
+    let hash = bcrypt::hash(password, 4).unwrap();
+    std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
+    format!(
+        "auth:\n  htpasswd:\n    realm: {realm}\n    path: {}\n",
+        path.display()
+    )
+}

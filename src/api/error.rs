@@ -177,8 +177,8 @@ impl From<&CacheError> for ApiError {
             // 404 with the code of what is missing, as for anything upstream lacks: dockerd
             // and containerd then go on to their next endpoint at once (a 503 on a layer
             // makes dockerd retry it with back-off first), and the message says why.
-            CacheError::NotCachedOffline { missing, .. } => {
-                let code = match missing {
+            CacheError::NotCachedOffline(miss) => {
+                let code = match miss.missing {
                     Missing::Manifest { .. } => "MANIFEST_UNKNOWN",
                     Missing::Blob { .. } => "BLOB_UNKNOWN",
                     Missing::Repository { .. } => "NAME_UNKNOWN",

@@ -32,7 +32,7 @@ pub use registries::{CachedRegistries, CachedRegistry};
 pub use crate::storage::{PressureState, StoragePressure};
 pub use blobs::{BlobAnswer, ByteRange};
 pub use manifests::ManifestAnswer;
-pub use offline::Missing;
+pub use offline::{Missing, OfflineMiss};
 pub use outcome::Outcome;
 pub use records::now_ms;
 pub use tags::{paginate, TagListPage};
@@ -76,11 +76,8 @@ pub enum CacheError {
         reason: String,
     },
     /// A registry configured offline was asked for something the cache does not hold.
-    #[error("{missing} is not cached, and {offline}")]
-    NotCachedOffline {
-        missing: Missing,
-        offline: UpstreamError,
-    },
+    #[error("{} is not cached, and {}", .0.missing, .0.offline)]
+    NotCachedOffline(Box<OfflineMiss>),
     #[error("requested range is not within the blob's {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error(transparent)]

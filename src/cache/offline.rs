@@ -40,13 +40,22 @@ impl fmt::Display for Missing {
     }
 }
 
+/// A miss of an offline registry: what is missing, and the refusal that says it is offline.
+#[derive(Debug)]
+pub struct OfflineMiss {
+    pub missing: Missing,
+    pub offline: UpstreamError,
+}
+
 /// `error` as the client's miss when it says the registry is offline; any other error as it is.
 pub(super) fn offline_miss(error: CacheError, missing: impl FnOnce() -> Missing) -> CacheError {
     match error {
-        CacheError::Upstream(e @ UpstreamError::Offline { .. }) => CacheError::NotCachedOffline {
-            missing: missing(),
-            offline: e,
-        },
+        CacheError::Upstream(e @ UpstreamError::Offline { .. }) => {
+            CacheError::NotCachedOffline(Box::new(OfflineMiss {
+                missing: missing(),
+                offline: e,
+            }))
+        }
         other => other,
     }
 }

@@ -74,7 +74,16 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let registries = cached_registries(config, &storage, &metrics)?;
     let cache = Cache::new(storage.clone(), registries, metrics.clone());
     cache.spawn_access_publisher();
-    cache.spawn_expiry(config.proxy.content_ttl);
+    if config.any_offline() {
+        // Content is stored once for every registry, and what an offline registry's images
+        // lose cannot be fetched again: nothing expires while one is offline.
+        tracing::info!(
+            ttl = ?config.proxy.content_ttl,
+            "a registry is offline: proxy.ttl expiry is suspended"
+        );
+    } else {
+        cache.spawn_expiry(config.proxy.content_ttl);
+    }
     if let Some(min_free) = config.cache.min_free {
         storage.keep_free(min_free);
     }
@@ -140,6 +149,17 @@ fn cached_registries(
     Ok(registries)
 }
 
+/// Says at start that a registry is offline, so whoever reads the log knows why misses fail.
+fn log_offline(upstream: &str, registry: &str, offline: bool) {
+    if offline {
+        tracing::info!(
+            registry,
+            upstream,
+            "registry OFFLINE: its upstream is never contacted; cached images are served (tags as last seen), anything else is answered 404"
+        );
+    }
+}
+
 /// Serves `config` on `listeners` until `shutdown` completes, then drains for at most
 /// `http.draintimeout`. Tests call this with listeners on 127.0.0.1:0, so the whole server runs
 /// in-process.
@@ -166,7 +186,13 @@ pub async fn serve(
         storage = %config.storage.describe(),
         tag_ttl = ?config.proxy.tag_ttl,
         credentials = config.proxy.credentials.is_some(),
+        offline = config.proxy.offline,
         "cistern serving"
+    );
+    log_offline(
+        config.proxy.remote_url.as_str(),
+        "docker.io",
+        config.proxy.offline,
     );
     for registry in &config.registries {
         tracing::info!(
@@ -174,7 +200,13 @@ pub async fn serve(
             upstream = %registry.upstream.remote_url,
             tag_ttl = ?registry.upstream.tag_ttl,
             credentials = registry.upstream.credentials.is_some(),
+            offline = registry.upstream.offline,
             "mirroring registry"
+        );
+        log_offline(
+            registry.upstream.remote_url.as_str(),
+            &registry.host,
+            registry.upstream.offline,
         );
     }
     let health = app.health.clone();

@@ -8,7 +8,7 @@ use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 
 use crate::access::Refusal;
-use crate::cache::CacheError;
+use crate::cache::{CacheError, Missing};
 use crate::registry::{DigestError, NameError, RepoName, TagError};
 use crate::storage::StorageError;
 use crate::telemetry::StorageFailed;
@@ -200,6 +200,17 @@ impl From<&CacheError> for ApiError {
             CacheError::NameUnknown { .. } | CacheError::RegistryNotMirrored { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
             }
+            // 404 with the code of what is missing, as for anything upstream lacks: dockerd
+            // and containerd then go on to their next endpoint at once (a 503 on a layer
+            // makes dockerd retry it with back-off first), and the message says why.
+            CacheError::NotCachedOffline(miss) => {
+                let code = match miss.missing {
+                    Missing::Manifest { .. } => "MANIFEST_UNKNOWN",
+                    Missing::Blob { .. } => "BLOB_UNKNOWN",
+                    Missing::Repository { .. } => "NAME_UNKNOWN",
+                };
+                Self::new(StatusCode::NOT_FOUND, code, message)
+            }
             CacheError::RangeNotSatisfiable { size } => {
                 Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", message)
                     .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
@@ -239,7 +250,9 @@ impl From<&UpstreamError> for ApiError {
                 }
             }
             FailureClass::NotFound => Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message),
-            FailureClass::Unavailable => {
+            // Offline reaches here only where the cache had no miss to name (it names them
+            // all today): the mirror cannot answer, which is not the thing being absent.
+            FailureClass::Unavailable | FailureClass::Offline => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
             FailureClass::BadGateway => Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),

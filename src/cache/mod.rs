@@ -10,6 +10,7 @@ mod fills;
 mod hot;
 mod manifests;
 mod not_found;
+mod offline;
 mod outcome;
 mod pulls;
 mod purge;
@@ -36,6 +37,7 @@ pub use registries::{CachedRegistries, CachedRegistry};
 pub use crate::storage::{PressureState, StoragePressure};
 pub use blobs::{BlobAnswer, ByteRange};
 pub use manifests::ManifestAnswer;
+pub use offline::{Missing, OfflineMiss};
 pub use outcome::Outcome;
 pub use purge::{PurgeReport, PurgeTarget};
 pub use records::now_ms;
@@ -81,6 +83,9 @@ pub enum CacheError {
         received: u64,
         reason: String,
     },
+    /// A registry configured offline was asked for something the cache does not hold.
+    #[error("{} is not cached, and {}", .0.missing, .0.offline)]
+    NotCachedOffline(Box<OfflineMiss>),
     #[error("requested range is not within the blob's {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error(transparent)]
@@ -240,13 +245,18 @@ impl Cache {
     }
 }
 
-/// A blob upstream does not have, as the error the client gets.
+/// A blob upstream does not have, or an offline registry cannot fetch, as the error the
+/// client gets.
 fn blob_unknown(error: CacheError, repo: &RepoName, digest: &Digest) -> CacheError {
-    match error {
+    let error = match error {
         CacheError::Upstream(e) if e.is_not_found() => CacheError::BlobUnknown {
             repo: repo.clone(),
             digest: digest.clone(),
         },
         other => other,
-    }
+    };
+    offline::offline_miss(error, || Missing::Blob {
+        repo: repo.clone(),
+        digest: digest.clone(),
+    })
 }

@@ -95,6 +95,11 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// Whether some registry, the default upstream or one of `registries:`, is offline.
+    pub fn any_offline(&self) -> bool {
+        self.proxy.offline || self.registries.iter().any(|r| r.upstream.offline)
+    }
+
     /// Loads a configuration file and applies `REGISTRY_*` overrides from `env`.
     pub fn load(
         path: &Path,
@@ -477,6 +482,11 @@ proxy:
             ("proxy: {maxfetches: many}", "proxy.maxfetches"),
             ("proxy: {fillminrate: lots}", "proxy.fillminrate"),
             ("proxy: {fillratewindow: soon}", "proxy.fillratewindow"),
+            ("proxy: {offline: maybe}", "proxy.offline"),
+            (
+                "registries: {ghcr.io: {offline: 2}}",
+                "registries.ghcr.io.offline",
+            ),
             ("storage: {s3: {region: x}}", "storage.s3.bucket"),
             (
                 "storage: {s3: {bucket: b, accesskey: a}}",
@@ -523,6 +533,28 @@ proxy:
             );
             assert!(err.to_string().contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn offline_is_inherited_by_registries_and_set_from_the_environment() {
+        let yaml = "registries: {ghcr.io: {}, quay.io: {offline: false}}\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap().config;
+        assert!(!c.proxy.offline, "online unless asked");
+        assert!(!c.registries[0].upstream.offline);
+
+        let env = [("REGISTRY_PROXY_OFFLINE".to_owned(), "true".to_owned())];
+        let c = Config::from_yaml(yaml, env).unwrap().config;
+        assert!(c.proxy.offline);
+        let hosts: Vec<(&str, bool)> = c
+            .registries
+            .iter()
+            .map(|r| (r.host.as_str(), r.upstream.offline))
+            .collect();
+        assert_eq!(hosts, [("ghcr.io", true), ("quay.io", false)]);
+
+        let yaml = "registries: {ghcr.io: {offline: true}}\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap().config;
+        assert!(!c.proxy.offline && c.registries[0].upstream.offline);
     }
 
     #[test]
@@ -759,6 +791,7 @@ mod properties {
         "proxy.maxfetches",
         "proxy.fillminrate",
         "proxy.fillratewindow",
+        "proxy.offline",
         "health.storagedriver.enabled",
         "health.storagedriver.interval",
         "health.storagedriver.threshold",

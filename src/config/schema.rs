@@ -45,6 +45,9 @@ macro_rules! upstream_section {
             // The floor a blob fill's upstream rate must keep to hold its slot.
             ("fillminrate", Used),
             ("fillratewindow", Used),
+            // cistern's extension: contact no upstream at all (an air-gapped site); serve
+            // what is cached.
+            ("offline", Used),
             $($extra),*
         ])
     };

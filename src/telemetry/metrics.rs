@@ -99,6 +99,7 @@ struct Inner {
     stale_serves: Family<RegistryKindLabels, Counter>,
     rate_limit_limit: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
     rate_limit_remaining: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
+    upstream_offline: Family<RegistryLabels, Gauge>,
     storage_errors: Family<OperationLabels, Counter>,
     uncached_serves: Family<KindReasonLabels, Counter>,
     storage_full: Gauge,
@@ -136,6 +137,7 @@ impl Metrics {
             stale_serves: registered(r, "stale_serves", "Cached tags served because upstream failed to revalidate them, by registry"),
             rate_limit_limit: registered(r, "upstream_ratelimit_limit", "The registry's ratelimit-limit (Docker Hub's pull quota), as last reported (-1 before any report)"),
             rate_limit_remaining: registered(r, "upstream_ratelimit_remaining", "The registry's ratelimit-remaining (Docker Hub's pull quota), as last reported (-1 before any report)"),
+            upstream_offline: registered(r, "upstream_offline", "1 for a registry configured offline (offline: true), whose upstream is never contacted; else 0"),
             storage_errors: registered(r, "storage_errors", "Storage operations that failed, by where (request, fill, health)"),
             uncached_serves: registered(r, "uncached_serves", "Blobs and manifests fetched and served but not cached because storage refused the write, by kind and reason (full: no space or over quota; error: any other failure)"),
             storage_full: registered(r, "storage_full", "1 while storage refuses writes for lack of space (since the last refused write, until one succeeds), else 0"),
@@ -294,6 +296,16 @@ impl Metrics {
             .rate_limit_remaining
             .get_or_create(&labels)
             .set(remaining);
+    }
+
+    /// Whether `registry` is configured offline.
+    pub fn upstream_offline(&self, registry: &str, offline: bool) {
+        self.inner
+            .upstream_offline
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_owned(),
+            })
+            .set(i64::from(offline));
     }
 
     /// The cache's size against its budget, and what pins keep (None: not counted this time,

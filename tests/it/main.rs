@@ -22,6 +22,7 @@ mod hostile_upstream;
 mod integrity;
 mod logging;
 mod namespaces;
+mod offline;
 mod operations;
 mod pull;
 mod real_clients;

@@ -4,7 +4,9 @@
 Started here: the local Docker Hub stand-in of tests/e2e (Distribution with token auth and an
 ES256 token server), Distribution in proxy mode (Debian's docker-registry, filesystem storage)
 and cistern, both with the stand-in's credentials, and nginx serving the big blob with sendfile
-as the ceiling. Run through bench/run.sh, which installs the tools and builds cistern.
+as the ceiling. Then the figures of a cache on a finite disk (bench/eviction.py): pull
+throughput while evicting, and the index's memory per 100,000 blobs. Run through bench/run.sh,
+which installs the tools and builds cistern.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import hashlib
-import http.client
 import os
 import platform
 import re
@@ -23,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
@@ -32,7 +32,8 @@ from build_images import ACCEPT_ALL, MT_OCI_CONFIG, MT_OCI_LAYER_GZIP, MT_OCI_MA
 from mirror import Mirror  # noqa: E402
 from standin import StandIn, free_port, http_request, spawn, terminate_pid, wait_until  # noqa: E402
 
-MIB = 1 << 20
+import eviction  # noqa: E402
+from shared import MIB, figure, push_blob, status_mib  # noqa: E402
 REPO = "bench/app"
 # Rounds of the 512 MiB downloads; the median is shown.
 BIG_ROUNDS = 3
@@ -51,20 +52,6 @@ def random_file(path: str, size: int) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def push_blob(hub: StandIn, token: str, path: str, digest: str):
-    st, headers, body = hub.request("POST", f"/v2/{REPO}/blobs/uploads/", token, data=b"")
-    assert st == 202, (st, body)
-    location = urllib.parse.urljoin(hub.registry_url + "/", headers["Location"])
-    url = urllib.parse.urlsplit(location + ("&" if "?" in location else "?") + f"digest={digest}")
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
-    with open(path, "rb") as f:
-        conn.request("PUT", f"{url.path}?{url.query}", body=f, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
-            "Content-Length": str(os.path.getsize(path))})
-    response = conn.getresponse()
-    assert response.status == 201, (response.status, response.read()[:300])
-
-
 def push_image(hub: StandIn, workdir: str, cold_samples: int) -> dict:
     """bench/app:latest (a small config and a 512 MiB layer), a 64 MiB blob for the herd and
     `cold_samples` 64 MiB blobs each fetched cold once per mirror."""
@@ -74,13 +61,13 @@ def push_image(hub: StandIn, workdir: str, cold_samples: int) -> dict:
     for name, size in [("big", 512 * MIB), ("herd", 64 * MIB)] + [(c, 64 * MIB) for c in cold]:
         path = os.path.join(workdir, name)
         blobs[name] = (random_file(path, size), size, path)
-        push_blob(hub, token, path, blobs[name][0])
+        push_blob(hub, token, REPO, path, blobs[name][0])
     config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
     config_path = os.path.join(workdir, "config")
     with open(config_path, "wb") as f:
         f.write(config)
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    push_blob(hub, token, config_path, config_digest)
+    push_blob(hub, token, REPO, config_path, config_digest)
     big_digest, big_size, _ = blobs["big"]
     manifest = (
         '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"%s","digest":"%s","size":%d},'
@@ -123,14 +110,6 @@ def parallel_downloads(url: str, streams: int, headers: dict | None = None) -> t
         total = sum(pool.map(lambda _: download(url, headers), range(streams)))
     elapsed = time.monotonic() - started
     return total / MIB / elapsed, elapsed
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Nginx:
@@ -202,7 +181,7 @@ def measure(mirrors: dict, hub: StandIn, image: dict, seconds: int, ceiling_url:
         for name in mirrors:
             results[name][key] = statistics.median(rates[name])
     for name, m in mirrors.items():
-        results[name]["rss"] = peak_rss_mib(m.proc.pid)
+        results[name]["rss"] = status_mib(m.proc.pid, "VmHWM")
 
     upstream_auth = {"Authorization": f"Bearer {hub.token(f'repository:{REPO}:pull', creds=True)}"}
     cold = {name: [] for name in ["direct", *mirrors]}
@@ -287,36 +266,63 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cistern", default=os.path.join(ROOT, "target/release/cistern"))
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--only", choices=["cistern", "distribution"], help="measure one server")
+    parser.add_argument("--only", choices=["cistern", "distribution", "eviction"],
+                        help="measure one server (and skip the eviction figures), or only the eviction "
+                             "and index-memory figures")
     parser.add_argument("--cold-samples", type=int, default=5, help="cold 64 MiB blobs, the median is shown")
+    parser.add_argument("--evict-seconds", type=int, default=10, help="length of each round-robin pull run")
+    parser.add_argument("--evict-clients", type=int, default=4, help="clients pulling at once")
+    parser.add_argument("--evict-images", type=int, default=64, help="images in the working set")
+    parser.add_argument("--evict-layer-mib", type=int, default=2, help=f"size of each of an image's "
+                        f"{eviction.LAYERS_PER_IMAGE} layers")
+    parser.add_argument("--evict-budget-mib", type=int, default=32, help="cache.maxsize of the evicting cistern")
+    parser.add_argument("--evict-keeprecent", default="250ms",
+                        help="its cache.keeprecent: shorter than the time between two pulls of one image")
+    parser.add_argument("--index-blobs", type=int, default=100_000, help="blobs in the store whose index is measured")
+    parser.add_argument("--index-repositories", type=int, default=1_000, help="repositories linking them")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "curl", "docker-registry"):
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run bench/run.sh, which installs it")
 
+    serving = args.only != "eviction"
+    evicting = args.only in (None, "eviction")
     workdir = tempfile.mkdtemp(prefix="cistern-bench-")
     try:
         with StandIn(expires_in=3600) as hub:
-            print(f"pushing 512 MiB + {args.cold_samples + 1} x 64 MiB of test blobs to the stand-in...",
-                  file=sys.stderr)
-            image = push_image(hub, workdir, args.cold_samples)
-            os.sync()  # the pushed GiB written back now, not during the measurements
-            credentials = (hub.user, hub.password)
-            servers = {
-                "distribution": lambda: Mirror.distribution(hub.registry_url, credentials=credentials),
-                "cistern": lambda: Mirror.cistern(args.cistern, hub.registry_url, credentials=credentials),
-            }
-            with contextlib.ExitStack() as running:
-                mirrors = {name: running.enter_context(make()) for name, make in servers.items()
-                           if not args.only or name == args.only}
-                nginx = Nginx(workdir, workdir)
-                running.callback(nginx.stop)
-                print(f"measuring {', '.join(mirrors)}...", file=sys.stderr)
-                results, reference = measure(mirrors, hub, image, args.seconds,
-                                             f"http://127.0.0.1:{nginx.port}/big")
+            if serving:
+                results, reference = serving_figures(hub, workdir, args)
+            if evicting:
+                evicted = eviction.eviction_figures(args.cistern, hub, workdir, args)
+                index = eviction.index_figures(args.cistern, hub, workdir, args.index_blobs,
+                                               args.index_repositories)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report(results, reference)
+    print(f"\nmachine: {machine()}")
+    if serving:
+        report(results, reference)
+    if evicting:
+        eviction.report(evicted, index)
+
+
+def serving_figures(hub: StandIn, workdir: str, args) -> tuple[dict, dict]:
+    """The table of serving figures: warm and cold, both servers side by side."""
+    print(f"pushing 512 MiB + {args.cold_samples + 1} x 64 MiB of test blobs to the stand-in...",
+          file=sys.stderr)
+    image = push_image(hub, workdir, args.cold_samples)
+    os.sync()  # the pushed GiB written back now, not during the measurements
+    credentials = (hub.user, hub.password)
+    servers = {
+        "distribution": lambda: Mirror.distribution(hub.registry_url, credentials=credentials),
+        "cistern": lambda: Mirror.cistern(args.cistern, hub.registry_url, credentials=credentials),
+    }
+    with contextlib.ExitStack() as running:
+        mirrors = {name: running.enter_context(make()) for name, make in servers.items()
+                   if not args.only or name == args.only}
+        nginx = Nginx(workdir, workdir)
+        running.callback(nginx.stop)
+        print(f"measuring {', '.join(mirrors)}...", file=sys.stderr)
+        return measure(mirrors, hub, image, args.seconds, f"http://127.0.0.1:{nginx.port}/big")
 
 
 def report(results: dict, reference: dict):
@@ -340,7 +346,6 @@ def report(results: dict, reference: dict):
         ("  upstream GETs", d["herd_gets"], c["herd_gets"], "lower", "1"),
         ("peak RSS while serving (MiB)", d["rss"], c["rss"], "lower", "< 64 MiB"),
     ]
-    print(f"\nmachine: {machine()}")
     print("| measure | Distribution 2.8 proxy | cistern | cistern vs Distribution | target |")
     print("|---|---:|---:|---:|---|")
     for label, dv, cv, better, target in rows:
@@ -349,13 +354,6 @@ def report(results: dict, reference: dict):
         else:
             ratio = f"{dv / cv:.1f}x better" if cv else "-"
         print(f"| {label} | {figure(dv)} | {figure(cv)} | {ratio} | {target} |")
-
-
-def figure(value: float) -> str:
-    """Three significant digits or more: cold times are fractions of a second."""
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # Benchmark cistern against CNCF Distribution's proxy (Debian's docker-registry) on one
 # machine, same upstream, same data. One command from a fresh clone (needs root for apt):
 #   bash bench/run.sh
-# Prints a table of both servers with ratios; see README.md "Benchmark".
+# Prints a table of both servers with ratios, then the eviction and index-memory figures
+# (`--only eviction` for those alone); see README.md "Benchmark".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v docker-registry >/dev/null; then

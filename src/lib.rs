@@ -2,6 +2,7 @@
 //! pulls from.
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod cache;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod upstream;
+pub mod warm_now;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,38 +75,64 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
     let registries = cached_registries(config, &storage, &metrics)?;
     let cache = Cache::new(storage.clone(), registries, metrics.clone());
     cache.spawn_access_publisher();
-    cache.spawn_expiry(config.proxy.content_ttl);
+    if config.any_offline() {
+        // Content is stored once for every registry, and what an offline registry's images
+        // lose cannot be fetched again: nothing expires while one is offline.
+        tracing::info!(
+            ttl = ?config.proxy.content_ttl,
+            "a registry is offline: proxy.ttl expiry is suspended"
+        );
+    } else {
+        cache.spawn_expiry(config.proxy.content_ttl);
+    }
     if let Some(min_free) = config.cache.min_free {
         storage.keep_free(min_free);
     }
     cache.spawn_evictor(config.cache.clone());
+    let prewarm = &config.cache.prewarm;
+    let prewarmer = cache::prewarm::Prewarmer::new(
+        cache.clone(),
+        prewarm.platforms.clone(),
+        prewarm.max_fetches,
+    );
+    cache.spawn_prewarmer(prewarmer.clone(), prewarm.images.clone(), prewarm.interval);
     let health = Health::spawn(
         storage,
         config.storage.describe(),
         config.health.storage.clone(),
         metrics,
     );
+    let history = api::History::default();
+    history.spawn_sampler(cache.clone());
     let ops = api::OpsState {
         cache: cache.clone(),
         health: health.clone(),
+        history,
     };
     let metrics_path = config
         .http
         .debug
         .as_ref()
         .and_then(|d| d.metrics_path.as_deref());
-    let debug = api::debug_router(ops.clone(), metrics_path);
+    let registries = Arc::new(registry::MirroredRegistries::new(
+        &config.proxy.remote_url,
+        config.registries.iter().map(|r| r.host.clone()),
+    ));
+    let admin = admin::router(admin::AdminState {
+        cache: cache.clone(),
+        registries: registries.clone(),
+        token: config.admin.token.clone().map(Arc::new),
+        prewarmer,
+    });
+    let debug = api::debug_router(ops.clone(), metrics_path, admin);
     let state = api::AppState {
         cache,
         access,
-        registries: Arc::new(registry::MirroredRegistries::new(
-            &config.proxy.remote_url,
-            config.registries.iter().map(|r| r.host.clone()),
-        )),
+        registries,
         extra_headers: Arc::new(config.http.headers.clone()),
     };
     Ok(App {
-        api: api::router(state, ops),
+        api: api::router(state, ops, config.http.status_page),
         debug,
         health,
     })
@@ -128,6 +156,17 @@ fn cached_registries(
         registries = registries.with(&registry.host, cached(id, &registry.upstream)?);
     }
     Ok(registries)
+}
+
+/// Says at start that a registry is offline, so whoever reads the log knows why misses fail.
+fn log_offline(upstream: &str, registry: &str, offline: bool) {
+    if offline {
+        tracing::info!(
+            registry,
+            upstream,
+            "registry OFFLINE: its upstream is never contacted; cached images are served (tags as last seen), anything else is answered 404"
+        );
+    }
 }
 
 /// Serves `config` on `listeners` until `shutdown` completes, then drains for at most
@@ -156,7 +195,13 @@ pub async fn serve(
         storage = %config.storage.describe(),
         tag_ttl = ?config.proxy.tag_ttl,
         credentials = config.proxy.credentials.is_some(),
+        offline = config.proxy.offline,
         "cistern serving"
+    );
+    log_offline(
+        config.proxy.remote_url.as_str(),
+        "docker.io",
+        config.proxy.offline,
     );
     for registry in &config.registries {
         tracing::info!(
@@ -164,7 +209,13 @@ pub async fn serve(
             upstream = %registry.upstream.remote_url,
             tag_ttl = ?registry.upstream.tag_ttl,
             credentials = registry.upstream.credentials.is_some(),
+            offline = registry.upstream.offline,
             "mirroring registry"
+        );
+        log_offline(
+            registry.upstream.remote_url.as_str(),
+            &registry.host,
+            registry.upstream.offline,
         );
     }
     let health = app.health.clone();

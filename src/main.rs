@@ -39,6 +39,19 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Asks the running mirror (its debug listener, with admin.token from this configuration)
+    /// to fetch images now, and prints each one's outcome. Images are name:tag or
+    /// name:pattern (node:20-*), as arguments or one per line from a file (`-f -` reads
+    /// stdin, e.g. `docker compose config --images | cistern prewarm -f -`).
+    Prewarm {
+        images: Vec<String>,
+        /// Read images from this file, one per line (`-`: standard input).
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        /// The mirror's debug listener (default: http.debug.addr on this host).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,8 +76,14 @@ async fn run() -> ExitCode {
         }
     };
     let config = loaded.config;
-    if let Some(Command::Gc { dry_run, target }) = cli.command {
-        return gc(&config, dry_run, target.as_deref()).await;
+    match cli.command {
+        Some(Command::Gc { dry_run, target }) => {
+            return gc(&config, dry_run, target.as_deref()).await
+        }
+        Some(Command::Prewarm { images, file, url }) => {
+            return prewarm(&config, images, file, url.as_deref()).await
+        }
+        None => {}
     }
     cistern::telemetry::init_logging(&config.log);
     for warning in loaded.warnings {
@@ -110,6 +129,37 @@ async fn gc(config: &Config, dry_run: bool, target: Option<&str>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cistern gc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cistern prewarm`: progress to stdout, errors to stderr; fails when any image failed.
+async fn prewarm(
+    config: &Config,
+    mut images: Vec<String>,
+    file: Option<PathBuf>,
+    url: Option<&str>,
+) -> ExitCode {
+    if let Some(file) = file {
+        let read = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(&file)
+        };
+        match read {
+            Ok(text) => images.extend(text.lines().map(str::to_owned)),
+            Err(e) => {
+                eprintln!("cistern prewarm: cannot read {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match cistern::warm_now::warm_now(config, images.join("\n"), url).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cistern prewarm: {e}");
             ExitCode::FAILURE
         }
     }

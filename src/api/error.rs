@@ -8,7 +8,7 @@ use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 
 use crate::access::Refusal;
-use crate::cache::CacheError;
+use crate::cache::{CacheError, Missing};
 use crate::registry::{DigestError, NameError, RepoName, TagError};
 use crate::storage::StorageError;
 use crate::telemetry::StorageFailed;
@@ -101,6 +101,37 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "DENIED", message)
     }
 
+    /// An admin action while no `admin.token` is configured: they are all off.
+    pub fn admin_disabled() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "admin actions are disabled: set admin.token in the configuration (or the REGISTRY_ADMIN_TOKEN environment variable) and send it as `Authorization: Bearer <token>`",
+        )
+    }
+
+    /// An admin action without the right bearer token (which is never named).
+    pub fn admin_unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).with_header(
+            header::WWW_AUTHENTICATE,
+            "Bearer realm=\"cistern admin\"".to_owned(),
+        )
+    }
+
+    /// A request whose body or parameters cannot be used, with why.
+    pub fn bad_request(code: &'static str, message: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// A request missing what it needs (`?repository=`, `?tag=`).
+    pub fn missing_parameter(code: &'static str, name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("the query parameter `{name}` is required"),
+        )
+    }
+
     /// A registry this mirror does not serve: 404 `NAME_UNKNOWN`, so containerd falls back to
     /// the registry itself.
     pub fn registry_not_mirrored(registry: &str, repo: &RepoName, served: &str) -> Self {
@@ -174,6 +205,17 @@ impl From<&CacheError> for ApiError {
             CacheError::NameUnknown { .. } | CacheError::RegistryNotMirrored { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
             }
+            // 404 with the code of what is missing, as for anything upstream lacks: dockerd
+            // and containerd then go on to their next endpoint at once (a 503 on a layer
+            // makes dockerd retry it with back-off first), and the message says why.
+            CacheError::NotCachedOffline(miss) => {
+                let code = match miss.missing {
+                    Missing::Manifest { .. } => "MANIFEST_UNKNOWN",
+                    Missing::Blob { .. } => "BLOB_UNKNOWN",
+                    Missing::Repository { .. } => "NAME_UNKNOWN",
+                };
+                Self::new(StatusCode::NOT_FOUND, code, message)
+            }
             CacheError::RangeNotSatisfiable { size } => {
                 Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", message)
                     .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
@@ -183,7 +225,8 @@ impl From<&CacheError> for ApiError {
             }
             CacheError::UpstreamBroke { .. }
             | CacheError::UpstreamTooSlow { .. }
-            | CacheError::Abandoned { .. } => {
+            | CacheError::Abandoned { .. }
+            | CacheError::Busy { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
             CacheError::Prewarm(_) => Self::new(StatusCode::BAD_REQUEST, "NAME_INVALID", message),
@@ -213,7 +256,9 @@ impl From<&UpstreamError> for ApiError {
                 }
             }
             FailureClass::NotFound => Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message),
-            FailureClass::Unavailable => {
+            // Offline reaches here only where the cache had no miss to name (it names them
+            // all today): the mirror cannot answer, which is not the thing being absent.
+            FailureClass::Unavailable | FailureClass::Offline => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
             FailureClass::BadGateway => Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),

@@ -9,6 +9,7 @@ mod manifests;
 mod ops;
 mod pagination;
 mod panics;
+mod status;
 mod tags;
 
 use std::net::SocketAddr;
@@ -24,11 +25,12 @@ use http::{HeaderName, HeaderValue};
 use crate::access::Access;
 use crate::cache::Cache;
 use crate::registry::MirroredRegistries;
-use crate::telemetry::{log_requests, EndpointLabel};
+use crate::telemetry::{log_requests, EndpointLabel, FailedRepository};
 pub use endpoint::{Endpoint, Routed};
 pub use error::{ApiError, ErrorMessage};
 pub use ops::{debug_router, OpsState};
 use panics::catch_panics;
+pub use status::History;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -42,16 +44,18 @@ pub struct AppState {
     pub extra_headers: Arc<Vec<(HeaderName, HeaderValue)>>,
 }
 
-/// The registry API, with health endpoints beside it.
-pub fn router(state: AppState, ops: OpsState) -> Router {
+/// The registry API, with health endpoints beside it, and the status page under `/_cistern/`
+/// when `status_page` (`http.statuspage`) is on.
+pub fn router(state: AppState, ops: OpsState, status_page: bool) -> Router {
     let metrics = state.cache.metrics().clone();
+    let (cache, access) = (state.cache.clone(), state.access.clone());
     let registry = Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .fallback(dispatch);
     // Inside the request log, so a panic's 500 is logged once, like any failed request.
-    catch_panics(registry)
+    let router = catch_panics(registry)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             add_response_headers,
@@ -59,7 +63,13 @@ pub fn router(state: AppState, ops: OpsState) -> Router {
         .layer(middleware::from_fn_with_state(metrics, log_requests))
         .with_state(state)
         // Probes every few seconds would drown the request log, so health is not logged.
-        .merge(catch_panics(ops::health_routes(ops)))
+        .merge(catch_panics(ops::health_routes(ops.clone())));
+    if status_page {
+        let page = status::main_routes(cache, ops.history, access);
+        router.merge(catch_panics(page))
+    } else {
+        router
+    }
 }
 
 /// Longer request URIs are refused before any other work.
@@ -97,10 +107,13 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     };
     if let Some(repo) = endpoint.repository() {
         if !state.access.allows(repo.as_str()) {
-            return ApiError::denied(format!(
+            let mut response = ApiError::denied(format!(
                 "repository {repo} may not be pulled through this mirror (access.repositories)"
             ))
             .into_response();
+            let named = FailedRepository(repo.as_str().to_owned());
+            response.extensions_mut().insert(named);
+            return response;
         }
     }
     let mut response = answer(&state, &endpoint, &parts).await;
@@ -108,7 +121,12 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         .extensions_mut()
         .insert(EndpointLabel(endpoint.label()));
     if let Some(repo) = endpoint.repository() {
-        response.extensions_mut().insert(repo.registry().clone());
+        let failed = response.extensions().get::<ErrorMessage>().is_some();
+        let extensions = response.extensions_mut();
+        extensions.insert(repo.registry().clone());
+        if failed {
+            extensions.insert(FailedRepository(repo.as_str().to_owned()));
+        }
     }
     // The distribution spec: a proxy that used `ns` says so, naming the registry it served.
     if let Some(value) = namespace.and_then(|ns| HeaderValue::try_from(ns).ok()) {

@@ -1,4 +1,4 @@
-//! The operator's endpoints: liveness, readiness and Prometheus metrics. Health answers on both
+//! The operator's endpoints: liveness, readiness, Prometheus metrics and the status page. Health answers on both
 //! listeners (a probe may use either); metrics only on the debug listener. None of these touch
 //! upstream, and none sit behind client authentication.
 
@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use http::{header, StatusCode};
 use serde_json::json;
 
+use super::status::{self, History};
 use crate::cache::Cache;
 use crate::health::Health;
 use crate::storage::PressureState;
@@ -20,6 +21,8 @@ use crate::telemetry::METRICS_CONTENT_TYPE;
 pub struct OpsState {
     pub cache: Cache,
     pub health: Health,
+    /// The status page's figures over time.
+    pub history: History,
 }
 
 /// `/healthz`, `/readyz` and Distribution's `/debug/health`.
@@ -31,12 +34,24 @@ pub fn health_routes(state: OpsState) -> Router {
         .with_state(state)
 }
 
-/// The debug listener: health, plus metrics at `metrics_path` when enabled.
-pub fn debug_router(state: OpsState, metrics_path: Option<&str>) -> Router {
-    let router = health_routes(state.clone());
+/// The debug listener: health, the status page at `/`, metrics at `metrics_path` when
+/// enabled, and `admin` (the admin actions, each behind the admin token).
+pub fn debug_router(state: OpsState, metrics_path: Option<&str>, admin: Router) -> Router {
+    let router = health_routes(state.clone()).merge(admin);
     let router = match metrics_path {
-        Some(path) => router.merge(Router::new().route(path, get(metrics)).with_state(state)),
+        Some(path) => router.merge(
+            Router::new()
+                .route(path, get(metrics))
+                .with_state(state.clone()),
+        ),
         None => router,
+    };
+    let router = match metrics_path.filter(|path| status::uses_path(path)) {
+        Some(path) => {
+            tracing::warn!(path, "no status page on the debug listener: http.debug.prometheus.path takes one of its paths");
+            router
+        }
+        None => router.merge(status::debug_routes(state.cache, state.history)),
     };
     super::catch_panics(router)
 }
@@ -73,15 +88,26 @@ fn storage_detail(pressure: &PressureState) -> serde_json::Value {
     detail
 }
 
-async fn metrics(State(state): State<OpsState>) -> Response {
-    let metrics = state.cache.metrics();
-    metrics.storage_full(state.cache.storage_handle().pressure().is_full());
-    for (registry, quota) in state.cache.upstream_quotas() {
+/// Sets the gauges read on demand (storage full, cache size, quotas): before every scrape and
+/// every status page figure, so both show the same.
+pub(super) fn refresh_gauges(cache: &Cache) {
+    let metrics = cache.metrics();
+    let storage = cache.storage_handle();
+    metrics.storage_full(storage.pressure().is_full());
+    if storage.index().is_built() {
+        // Current at every scrape, not only at the evictor's checks (and without a budget).
+        metrics.cache_bytes(storage.index().totals().content_bytes);
+    }
+    for (registry, quota) in cache.upstream_quotas() {
         metrics.rate_limit(registry.name(), quota);
     }
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    refresh_gauges(&state.cache);
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        metrics.render(),
+        state.cache.metrics().render(),
     )
         .into_response()
 }

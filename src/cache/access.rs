@@ -65,6 +65,12 @@ impl AccessTimes {
         }
     }
 
+    /// When any tag of `repository` was last served (milliseconds since the Unix epoch), as
+    /// far as this process knows (its own serves, and what it merged from the store).
+    pub fn repository_last_served(&self, repository: &RepoName) -> Option<u64> {
+        lock(&self.tags).get(repository)?.values().max().copied()
+    }
+
     /// When the tag was last served by this process (milliseconds since the Unix epoch).
     #[cfg(test)]
     pub fn tag_last_served(&self, repo: &RepoName, tag: &Tag) -> Option<u64> {

@@ -180,6 +180,8 @@ impl Cache {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(Arc<Fill>, Outcome), CacheError> {
+        // An offline registry's fill could only fail: no spool or upload to throw away.
+        self.upstream(repo)?.refuse_if_offline()?;
         let (fill, role) =
             self.fills()
                 .join_or_start(&self.registry(repo)?.fill_inputs, repo, digest)?;

@@ -107,4 +107,19 @@ impl Hot {
     pub fn forget_tag(&self, repo: &RepoName, tag: &Tag) {
         self.tags.invalidate(&(repo.clone(), tag.clone()));
     }
+
+    /// Forgets that `repo` holds this manifest: its link was deleted.
+    pub fn forget_manifest(&self, repo: &RepoName, digest: &Digest) {
+        self.manifests.invalidate(&(repo.clone(), digest.clone()));
+    }
+
+    /// Forgets that `repo` may serve this blob: its link was deleted.
+    pub fn forget_blob(&self, repo: &RepoName, digest: &Digest) {
+        self.blobs.invalidate(&(repo.clone(), digest.clone()));
+    }
+
+    /// Forgets a small blob's bytes: its content was deleted.
+    pub fn forget_small_blob(&self, digest: &Digest) {
+        self.small_blobs.invalidate(digest);
+    }
 }

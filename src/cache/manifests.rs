@@ -12,6 +12,7 @@ use super::single_flight::{self, AttemptState, Role, SingleFlight};
 use super::{Cache, CacheError, Outcome};
 use crate::registry::{accepts, upstream_accept, Digest, Reference, RepoName, Tag};
 use crate::storage::{layout, StorageError};
+use crate::telemetry::ProblemKind;
 use crate::upstream::ManifestHead;
 
 /// A manifest to serve; `body` is None when only its headers were asked for (HEAD).
@@ -70,6 +71,7 @@ impl Cache {
             .await?;
         if let Reference::Tag(tag) = reference {
             self.inner.access.tag_served(repo, tag);
+            self.inner.pulls.pulled(repo);
         }
         self.inner.access.content_served(&answer.digest);
         Ok(answer)
@@ -155,13 +157,16 @@ impl Cache {
             Reference::Tag(tag) => self.manifest_by_tag(repo, tag, accept, want_body).await,
         };
         let registry = self.registry(repo)?;
-        result.map_err(|e| match e {
-            CacheError::Upstream(e) if e.is_not_found() => {
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(CacheError::Upstream(e)) if e.is_not_found() => {
                 registry.not_found.remember(key);
-                manifest_unknown(repo, reference)
+                Err(manifest_unknown(repo, reference))
             }
-            other => other,
-        })
+            Err(e) => Err(self
+                .offline_manifest_miss(e, repo, reference.to_string())
+                .await),
+        }
     }
 
     /// The answer when the cache alone can give it: a stored manifest by digest, or by a tag
@@ -295,10 +300,18 @@ impl Cache {
                 let Some(answer) = self.cached_manifest(repo, digest, want_body).await? else {
                     return Err(e.into());
                 };
-                tracing::warn!(
-                    registry = %repo.registry(), repository = %repo, tag = %tag, digest = %digest, error = %e,
-                    "upstream failed to revalidate the tag; serving the cached manifest"
-                );
+                if e.is_offline() {
+                    // Expected on every pull of an offline registry: not worth a warning.
+                    tracing::debug!(registry = %repo.registry(), repository = %repo, tag = %tag, digest = %digest, "registry offline; serving the tag as last seen");
+                } else {
+                    tracing::warn!(
+                        registry = %repo.registry(), repository = %repo, tag = %tag, digest = %digest, error = %e,
+                        "upstream failed to revalidate the tag; serving the cached manifest"
+                    );
+                    let message = format!("{repo}:{tag}: upstream failed to revalidate the tag, the cached manifest was served: {e}");
+                    self.metrics()
+                        .problem(ProblemKind::Upstream, Some(repo.as_str()), &message);
+                }
                 Ok(answer.with_outcome(Outcome::Stale))
             }
             Err(e) => Err(e),

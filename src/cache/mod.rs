@@ -10,12 +10,17 @@ mod fills;
 mod hot;
 mod manifests;
 mod not_found;
+mod offline;
 mod outcome;
 pub mod prewarm;
+mod pulls;
+mod purge;
 mod records;
+mod refresh;
 mod registries;
 mod single_flight;
 mod small_blobs;
+mod status;
 mod tags;
 
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use crate::storage::{Storage, StorageError};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
 use access::AccessTimes;
+pub use fills::FillView;
 use fills::Fills;
 use manifests::ManifestFlights;
 pub use registries::{CachedRegistries, CachedRegistry};
@@ -32,8 +38,12 @@ pub use registries::{CachedRegistries, CachedRegistry};
 pub use crate::storage::{PressureState, StoragePressure};
 pub use blobs::{BlobAnswer, ByteRange};
 pub use manifests::ManifestAnswer;
+pub use offline::{Missing, OfflineMiss};
 pub use outcome::Outcome;
+pub use purge::{PurgeReport, PurgeTarget};
 pub use records::now_ms;
+pub use refresh::Refreshed;
+pub use status::{RepositoryPage, RepositoryView};
 pub use tags::{paginate, TagListPage};
 
 /// Why the cache could not answer. The API layer turns each into an OCI error.
@@ -74,6 +84,9 @@ pub enum CacheError {
         received: u64,
         reason: String,
     },
+    /// A registry configured offline was asked for something the cache does not hold.
+    #[error("{} is not cached, and {}", .0.missing, .0.offline)]
+    NotCachedOffline(Box<OfflineMiss>),
     #[error("requested range is not within the blob's {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error(transparent)]
@@ -87,6 +100,10 @@ pub enum CacheError {
     /// A fill's failure, seen by every client that waited for it.
     #[error(transparent)]
     Shared(Arc<CacheError>),
+    /// The cache cannot do this now (its index is being built, another replica evicts);
+    /// trying again shortly will.
+    #[error("{reason}; try again shortly")]
+    Busy { reason: String },
     /// A pre-warm entry that cannot be warmed (a bad name or tag, a body cut short).
     #[error("cannot pre-warm {0}")]
     Prewarm(String),
@@ -105,6 +122,8 @@ struct Inner {
     hot: hot::Hot,
     /// When each tag and content object was last served.
     access: AccessTimes,
+    /// How many times each repository was pulled.
+    pulls: pulls::PullCounts,
     /// What each manifest references, for eviction.
     references: eviction::References,
     /// This process among the replicas of a shared store (`<host>-<pid>`).
@@ -122,6 +141,7 @@ impl Cache {
                 manifest_flights: ManifestFlights::default(),
                 hot: hot::Hot::default(),
                 access: AccessTimes::default(),
+                pulls: pulls::PullCounts::default(),
                 references: eviction::References::default(),
                 replica: access_publish::replica_id(),
                 metrics,
@@ -229,13 +249,18 @@ impl Cache {
     }
 }
 
-/// A blob upstream does not have, as the error the client gets.
+/// A blob upstream does not have, or an offline registry cannot fetch, as the error the
+/// client gets.
 fn blob_unknown(error: CacheError, repo: &RepoName, digest: &Digest) -> CacheError {
-    match error {
+    let error = match error {
         CacheError::Upstream(e) if e.is_not_found() => CacheError::BlobUnknown {
             repo: repo.clone(),
             digest: digest.clone(),
         },
         other => other,
-    }
+    };
+    offline::offline_miss(error, || Missing::Blob {
+        repo: repo.clone(),
+        digest: digest.clone(),
+    })
 }

@@ -23,6 +23,7 @@ impl NotFound {
             moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(ttl)
+                .support_invalidation_closures()
                 .build()
         });
         NotFound { missing }
@@ -37,6 +38,22 @@ impl NotFound {
     pub fn remember(&self, key: ManifestKey) {
         if let Some(missing) = &self.missing {
             missing.insert(key, ());
+        }
+    }
+}
+
+impl NotFound {
+    /// Forgets what upstream said it did not have in `repo` (all of it, or one tag or
+    /// digest): an operator refreshed or purged it, so the next pull asks upstream again.
+    pub fn forget(&self, repo: &RepoName, reference: Option<&str>) {
+        let Some(missing) = &self.missing else { return };
+        match reference {
+            Some(reference) => missing.invalidate(&(repo.clone(), reference.to_owned())),
+            None => {
+                let repo = repo.clone();
+                // Only fails when closures were not enabled at build time, as they are above.
+                let _ = missing.invalidate_entries_if(move |(r, _), _| *r == repo);
+            }
         }
     }
 }

@@ -43,7 +43,15 @@ pub struct WarmedTag {
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Warmed {
     Ok(WarmedTag),
-    Error { image: String, error: String },
+    Error {
+        image: String,
+        error: String,
+    },
+    /// Not checked: its registry is offline.
+    Skipped {
+        image: String,
+        reason: String,
+    },
 }
 
 /// A whole run's figures.
@@ -57,6 +65,28 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Counts the run in the metrics and logs its figures (`what`: the list or warm-now).
+    pub fn finish(&self, metrics: &crate::telemetry::Metrics, what: &str, entries: usize) {
+        metrics.prewarm_run(
+            self.checked,
+            self.moved,
+            self.fetched,
+            self.bytes,
+            self.errors,
+            now_ms() / 1000,
+        );
+        tracing::info!(
+            what,
+            entries,
+            checked = self.checked,
+            moved = self.moved,
+            fetched = self.fetched,
+            bytes = self.bytes,
+            errors = self.errors,
+            "pre-warm run done"
+        );
+    }
+
     pub fn add(&mut self, warmed: &Warmed) {
         match warmed {
             Warmed::Ok(tag) => {
@@ -66,6 +96,7 @@ impl RunReport {
                 self.bytes += tag.bytes;
             }
             Warmed::Error { .. } => self.errors += 1,
+            Warmed::Skipped { .. } => {}
         }
     }
 }
@@ -97,6 +128,13 @@ impl Prewarmer {
             Ok(repo) => repo,
             Err(e) => return report(failed(e.to_string())),
         };
+        if self.cache.upstream(&repo).is_ok_and(|u| u.is_offline()) {
+            // Nothing can be checked or fetched; what is cached stays served (and pinned).
+            return report(Warmed::Skipped {
+                image: image.written.clone(),
+                reason: format!("registry {} is offline", repo.registry()),
+            });
+        }
         let tags = match self.tags_of(&repo, &image.tag).await {
             Ok(tags) => tags,
             Err(e) => return report(failed(e.to_string())),
@@ -120,7 +158,11 @@ impl Prewarmer {
     }
 
     /// The tags an entry names: itself, or upstream's tags matching the pattern.
-    async fn tags_of(&self, repo: &RepoName, selector: &TagSelector) -> Result<Vec<Tag>, CacheError> {
+    async fn tags_of(
+        &self,
+        repo: &RepoName,
+        selector: &TagSelector,
+    ) -> Result<Vec<Tag>, CacheError> {
         let pattern = match selector {
             TagSelector::Exact(tag) => return Ok(vec![parse_tag(repo, tag)?]),
             TagSelector::Pattern(pattern) => pattern,
@@ -172,7 +214,11 @@ impl Prewarmer {
         match document {
             Manifest::Index(children) => {
                 for child in children {
-                    if !self.platforms.wants(&child.os, &child.architecture, child.variant.as_deref()) {
+                    if !self.platforms.wants(
+                        &child.os,
+                        &child.architecture,
+                        child.variant.as_deref(),
+                    ) {
                         continue;
                     }
                     let answer = cache.manifest_by_digest(repo, &child.digest, true).await?;
@@ -215,7 +261,9 @@ impl Prewarmer {
         let mut body = answer.body;
         let mut bytes = 0;
         while let Some(chunk) = body.next().await {
-            bytes += chunk.map_err(|e| CacheError::Prewarm(format!("{digest}: {e}")))?.len() as u64;
+            bytes += chunk
+                .map_err(|e| CacheError::Prewarm(format!("{digest}: {e}")))?
+                .len() as u64;
         }
         Ok(bytes)
     }
@@ -248,7 +296,6 @@ impl Cache {
         let metrics = self.metrics().clone();
         Some(tokio::spawn(async move {
             loop {
-                let started = std::time::Instant::now();
                 let mut run = RunReport::default();
                 for image in &images {
                     prewarmer
@@ -258,17 +305,7 @@ impl Cache {
                         })
                         .await;
                 }
-                metrics.prewarm_run(run.checked, run.moved, run.fetched, run.bytes, run.errors, now_ms() / 1000);
-                tracing::info!(
-                    entries = images.len(),
-                    checked = run.checked,
-                    moved = run.moved,
-                    fetched = run.fetched,
-                    bytes = run.bytes,
-                    errors = run.errors,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "pre-warm run done"
-                );
+                run.finish(&metrics, "pre-warm list", images.len());
                 if interval.is_zero() {
                     return;
                 }
@@ -289,6 +326,9 @@ pub fn log_warmed(warmed: &Warmed) {
         }
         Warmed::Error { image, error } => {
             tracing::warn!(image = %image, error = %error, "cannot pre-warm")
+        }
+        Warmed::Skipped { image, reason } => {
+            tracing::debug!(image = %image, reason = %reason, "not pre-warmed")
         }
     }
 }

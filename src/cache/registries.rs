@@ -34,6 +34,7 @@ impl CachedRegistry {
         storage: &Storage,
         metrics: &Metrics,
     ) -> Self {
+        metrics.upstream_offline(upstream.registry().name(), upstream.is_offline());
         let upstream = Arc::new(upstream);
         CachedRegistry {
             fill_inputs: FillInputs {

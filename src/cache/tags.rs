@@ -1,5 +1,6 @@
-//! Tag lists: upstream's when it answers, what we hold when it does not.
+//! Tag lists: upstream's when it answers, what we hold when it does not (or is offline).
 
+use super::offline::{offline_miss, Missing};
 use super::{Cache, CacheError};
 use crate::registry::RepoName;
 use crate::storage::layout;
@@ -40,9 +41,13 @@ impl Cache {
             None => self.storage().list_names(&layout::tags_of(repo)).await?,
         };
         if cached.is_empty() {
-            return Err(error.into());
+            return Err(offline_miss(error.into(), || Missing::Repository {
+                repo: repo.clone(),
+            }));
         }
-        tracing::warn!(registry = %repo.registry(), repository = %repo, error = %error, "upstream tag list failed; listing cached tags");
+        if !error.is_offline() {
+            tracing::warn!(registry = %repo.registry(), repository = %repo, error = %error, "upstream tag list failed; listing cached tags");
+        }
         let (tags, more) = paginate(cached, n, last);
         Ok(TagListPage { tags, more })
     }

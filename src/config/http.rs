@@ -42,6 +42,9 @@ pub struct HttpConfig {
     /// At most this many client connections at once (`http.maxconnections`); None means
     /// derived from the open-file limit when the server starts.
     pub max_connections: Option<usize>,
+    /// Serve the status page on this listener too, under `/_cistern/`, to the clients the
+    /// access config admits (`http.statuspage`, cistern's extension; off by default).
+    pub status_page: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +77,8 @@ pub(super) struct RawHttp {
     timeouts: RawTimeouts,
     #[serde(deserialize_with = "scalar::deserialize_optional_count")]
     maxconnections: Option<usize>,
+    #[serde(deserialize_with = "scalar::deserialize_optional_bool")]
+    statuspage: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -140,6 +145,7 @@ impl RawHttp {
             drain_timeout: self.draintimeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             header_timeout,
             max_connections: self.maxconnections,
+            status_page: self.statuspage.unwrap_or(false),
         })
     }
 }

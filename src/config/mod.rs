@@ -2,6 +2,7 @@
 //! (so a registry:2 proxy config runs unchanged), with cistern's extensions beside it.
 
 mod access;
+mod admin;
 mod cache;
 mod prewarm;
 mod scalar;
@@ -15,14 +16,15 @@ mod proxy;
 mod registries;
 mod schema;
 pub use access::{AccessConfig, HtpasswdConfig, Patterns};
+pub use admin::AdminConfig;
 pub use cache::{parse_bytes, Budget, CacheConfig, MinFree, Pins};
-pub use prewarm::{
-    parse_image, split_image, Platform, Platforms, PrewarmConfig, PrewarmImage, TagSelector,
-};
 use health::RawHealth;
 pub use health::{HealthConfig, StorageCheck};
 use http::RawHttp;
 pub use http::{DebugConfig, HttpConfig, TlsConfig, DEFAULT_DEBUG_ADDR};
+pub use prewarm::{
+    parse_image, split_image, Platform, Platforms, PrewarmConfig, PrewarmImage, TagSelector,
+};
 use proxy::RawProxy;
 pub use proxy::{
     Credentials, ProxyConfig, DEFAULT_CONTENT_TTL, DEFAULT_FILL_MIN_RATE, DEFAULT_FILL_RATE_WINDOW,
@@ -51,6 +53,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// The byte budget and pins (`cache:`).
     pub cache: CacheConfig,
+    /// Who may use the admin actions (`admin:`).
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +99,11 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// Whether some registry, the default upstream or one of `registries:`, is offline.
+    pub fn any_offline(&self) -> bool {
+        self.proxy.offline || self.registries.iter().any(|r| r.upstream.offline)
+    }
+
     /// Loads a configuration file and applies `REGISTRY_*` overrides from `env`.
     pub fn load(
         path: &Path,
@@ -194,6 +203,7 @@ struct RawConfig {
     auth: access::RawAuth,
     access: access::RawAccess,
     cache: cache::RawCache,
+    admin: admin::RawAdmin,
 }
 
 #[derive(Deserialize, Default)]
@@ -232,6 +242,7 @@ impl RawConfig {
             health: self.health.validate()?,
             access: access::validate(self.auth, self.access)?,
             cache,
+            admin: self.admin.validate()?,
         })
     }
 }
@@ -475,6 +486,11 @@ proxy:
             ("proxy: {maxfetches: many}", "proxy.maxfetches"),
             ("proxy: {fillminrate: lots}", "proxy.fillminrate"),
             ("proxy: {fillratewindow: soon}", "proxy.fillratewindow"),
+            ("proxy: {offline: maybe}", "proxy.offline"),
+            (
+                "registries: {ghcr.io: {offline: 2}}",
+                "registries.ghcr.io.offline",
+            ),
             ("storage: {s3: {region: x}}", "storage.s3.bucket"),
             (
                 "storage: {s3: {bucket: b, accesskey: a}}",
@@ -521,6 +537,28 @@ proxy:
             );
             assert!(err.to_string().contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn offline_is_inherited_by_registries_and_set_from_the_environment() {
+        let yaml = "registries: {ghcr.io: {}, quay.io: {offline: false}}\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap().config;
+        assert!(!c.proxy.offline, "online unless asked");
+        assert!(!c.registries[0].upstream.offline);
+
+        let env = [("REGISTRY_PROXY_OFFLINE".to_owned(), "true".to_owned())];
+        let c = Config::from_yaml(yaml, env).unwrap().config;
+        assert!(c.proxy.offline);
+        let hosts: Vec<(&str, bool)> = c
+            .registries
+            .iter()
+            .map(|r| (r.host.as_str(), r.upstream.offline))
+            .collect();
+        assert_eq!(hosts, [("ghcr.io", true), ("quay.io", false)]);
+
+        let yaml = "registries: {ghcr.io: {offline: true}}\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap().config;
+        assert!(!c.proxy.offline && c.registries[0].upstream.offline);
     }
 
     #[test]
@@ -757,6 +795,7 @@ mod properties {
         "proxy.maxfetches",
         "proxy.fillminrate",
         "proxy.fillratewindow",
+        "proxy.offline",
         "health.storagedriver.enabled",
         "health.storagedriver.interval",
         "health.storagedriver.threshold",
@@ -765,6 +804,7 @@ mod properties {
         "access.sources",
         "access.repositories.allow",
         "access.repositories.deny",
+        "admin.token",
         "typo.key",
     ];
 

@@ -138,9 +138,9 @@ impl Platforms {
         match self {
             Platforms::All => true,
             Platforms::Host => Platform::host().matches(os, architecture, variant),
-            Platforms::Listed(listed) => listed
-                .iter()
-                .any(|p| p.matches(os, architecture, variant)),
+            Platforms::Listed(listed) => {
+                listed.iter().any(|p| p.matches(os, architecture, variant))
+            }
         }
     }
 }
@@ -214,12 +214,7 @@ impl RawPrewarm {
             ),
         };
         let max_fetches = match self.maxfetches {
-            Some(0) => {
-                return Err(bad(
-                    "cache.prewarm.maxfetches",
-                    "must be at least 1",
-                ))
-            }
+            Some(0) => return Err(bad("cache.prewarm.maxfetches", "must be at least 1")),
             other => other.unwrap_or(DEFAULT_MAX_FETCHES),
         };
         Ok(PrewarmConfig {

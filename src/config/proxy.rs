@@ -48,6 +48,8 @@ pub struct ProxyConfig {
     pub fill_min_rate: u64,
     /// The window `fill_min_rate` is measured over.
     pub fill_rate_window: Duration,
+    /// Never contact this upstream: serve what is cached, answer the rest as not here.
+    pub offline: bool,
 }
 
 /// Upstream credentials. The password is a secret: it never reaches logs or `Debug` output.
@@ -76,6 +78,8 @@ pub(super) struct RawProxy {
     fillminrate: Option<usize>,
     #[serde(deserialize_with = "duration::deserialize_optional")]
     fillratewindow: Option<Duration>,
+    #[serde(deserialize_with = "scalar::deserialize_optional_bool")]
+    offline: Option<bool>,
     /// Read in `registries:` sections only; the schema has no `proxy.repositories`, since
     /// `access.repositories` covers the default upstream.
     pub(super) repositories: RawRepositories,
@@ -194,6 +198,7 @@ impl RawProxy {
                 .fillratewindow
                 .or(inherit.map(|p| p.fill_rate_window))
                 .unwrap_or(DEFAULT_FILL_RATE_WINDOW),
+            offline: self.offline.or(inherit.map(|p| p.offline)).unwrap_or(false),
         })
     }
 
@@ -233,7 +238,8 @@ impl RawProxy {
             notfoundttl,
             maxfetches,
             fillminrate,
-            fillratewindow
+            fillratewindow,
+            offline
         );
         if !other.repositories.is_empty() {
             return Err(bad(
@@ -256,6 +262,7 @@ impl RawProxy {
             && self.maxfetches.is_none()
             && self.fillminrate.is_none()
             && self.fillratewindow.is_none()
+            && self.offline.is_none()
             && self.repositories.is_empty()
     }
 }

@@ -45,6 +45,9 @@ macro_rules! upstream_section {
             // The floor a blob fill's upstream rate must keep to hold its slot.
             ("fillminrate", Used),
             ("fillratewindow", Used),
+            // cistern's extension: contact no upstream at all (an air-gapped site); serve
+            // what is cached.
+            ("offline", Used),
             $($extra),*
         ])
     };
@@ -190,6 +193,8 @@ pub const ROOT: Key = Section(&[
             // how many client connections may be open at once.
             ("timeouts", Section(&[("header", Used)])),
             ("maxconnections", Used),
+            // cistern's extension: the status page on this listener too, under /_cistern/.
+            ("statuspage", Used),
         ]),
     ),
     ("notifications", Ignored),
@@ -228,6 +233,8 @@ pub const ROOT: Key = Section(&[
             ),
         ]),
     ),
+    // cistern's extension: the bearer token the admin actions on the debug listener need.
+    ("admin", Section(&[("token", Used)])),
     // cistern's extension: further registries, by the host clients name them by.
     ("registries", MapOf(&REGISTRY_SECTION)),
     ("validation", Ignored),

@@ -23,62 +23,28 @@ const PROBE_KEY: &str = "probe";
 impl Storage {
     /// The store `config` describes, checked to answer.
     pub async fn open(config: &StorageConfig) -> Result<Storage, StorageError> {
-        let (store, name): (Arc<dyn ObjectStore>, String) = match config {
+        let name = config.describe();
+        let (store, streaming): (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>) = match config {
             StorageConfig::Filesystem { root_directory } => {
                 let storage = Storage::filesystem(root_directory)?;
-                storage.check_at_start(config.describe()).await?;
+                storage.check_at_start(name).await?;
                 return Ok(storage);
             }
-            StorageConfig::InMemory => (Arc::new(InMemory::new()), config.describe()),
-            StorageConfig::S3(s3) => {
-                let mut builder = AmazonS3Builder::from_env()
-                    .with_bucket_name(&s3.bucket)
-                    .with_virtual_hosted_style_request(!s3.force_path_style)
-                    .with_client_options(client_options(s3.allow_http, s3.skip_verify));
-                if let Some(region) = &s3.region {
-                    builder = builder.with_region(region);
-                }
-                if let Some(endpoint) = &s3.endpoint {
-                    builder = builder.with_endpoint(endpoint.as_str().trim_end_matches('/'));
-                }
-                if let (Some(key), Some(secret)) = (&s3.access_key, &s3.secret_key) {
-                    builder = builder
-                        .with_access_key_id(key)
-                        .with_secret_access_key(secret.expose_secret());
-                }
-                if let Some(token) = &s3.session_token {
-                    builder = builder.with_token(token.expose_secret());
-                }
-                let store = builder.build().map_err(|e| opening(config, e))?;
-                (prefixed(store, &s3.root_directory), config.describe())
+            StorageConfig::InMemory => {
+                let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+                (store.clone(), store)
             }
-            StorageConfig::Gcs(gcs) => {
-                let mut builder =
-                    GoogleCloudStorageBuilder::from_env().with_bucket_name(&gcs.bucket);
-                if let Some(key_file) = &gcs.key_file {
-                    builder = builder.with_service_account_path(key_file.display().to_string());
-                }
-                let store = builder.build().map_err(|e| opening(config, e))?;
-                (prefixed(store, &gcs.root_directory), config.describe())
-            }
-            StorageConfig::Azure(azure) => {
-                let mut builder = MicrosoftAzureBuilder::from_env()
-                    .with_account(&azure.account_name)
-                    .with_container_name(&azure.container);
-                if let Some(key) = &azure.account_key {
-                    builder = builder.with_access_key(key.expose_secret());
-                }
-                if let Some(url) = &azure.service_url {
-                    builder = builder
-                        .with_endpoint(url.as_str().trim_end_matches('/').to_owned())
-                        .with_allow_http(url.scheme() == "http");
-                }
-                let store = builder.build().map_err(|e| opening(config, e))?;
-                (prefixed(store, &azure.root_directory), config.describe())
-            }
+            cloud => (
+                cloud_store(cloud, ClientOptions::new())?,
+                // Blob reads last as long as the client takes to read: object_store's 30 s
+                // request timeout (which covers the body) would cut a slow client's download
+                // of a large layer. Their stream has its own idle deadline instead.
+                cloud_store(cloud, ClientOptions::new().with_timeout_disabled())?,
+            ),
         };
         let storage = Storage {
             store,
+            streaming,
             local_root: None,
             index: Arc::default(),
             spool: Arc::new(
@@ -124,10 +90,68 @@ impl Storage {
     }
 }
 
-fn client_options(allow_http: bool, skip_verify: bool) -> ClientOptions {
-    ClientOptions::new()
-        .with_allow_http(allow_http)
-        .with_allow_invalid_certificates(skip_verify)
+/// An object store client for `config` (S3, GCS or Azure) with these client options.
+fn cloud_store(
+    config: &StorageConfig,
+    options: ClientOptions,
+) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let store = match config {
+        StorageConfig::S3(s3) => {
+            let options = options
+                .with_allow_http(s3.allow_http)
+                .with_allow_invalid_certificates(s3.skip_verify);
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(&s3.bucket)
+                .with_virtual_hosted_style_request(!s3.force_path_style)
+                .with_client_options(options);
+            if let Some(region) = &s3.region {
+                builder = builder.with_region(region);
+            }
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder.with_endpoint(endpoint.as_str().trim_end_matches('/'));
+            }
+            if let (Some(key), Some(secret)) = (&s3.access_key, &s3.secret_key) {
+                builder = builder
+                    .with_access_key_id(key)
+                    .with_secret_access_key(secret.expose_secret());
+            }
+            if let Some(token) = &s3.session_token {
+                builder = builder.with_token(token.expose_secret());
+            }
+            let store = builder.build().map_err(|e| opening(config, e))?;
+            prefixed(store, &s3.root_directory)
+        }
+        StorageConfig::Gcs(gcs) => {
+            let mut builder = GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&gcs.bucket)
+                .with_client_options(options);
+            if let Some(key_file) = &gcs.key_file {
+                builder = builder.with_service_account_path(key_file.display().to_string());
+            }
+            let store = builder.build().map_err(|e| opening(config, e))?;
+            prefixed(store, &gcs.root_directory)
+        }
+        StorageConfig::Azure(azure) => {
+            let mut builder = MicrosoftAzureBuilder::from_env()
+                .with_account(&azure.account_name)
+                .with_container_name(&azure.container)
+                .with_client_options(options);
+            if let Some(key) = &azure.account_key {
+                builder = builder.with_access_key(key.expose_secret());
+            }
+            if let Some(url) = &azure.service_url {
+                builder = builder
+                    .with_endpoint(url.as_str().trim_end_matches('/').to_owned())
+                    .with_allow_http(url.scheme() == "http");
+            }
+            let store = builder.build().map_err(|e| opening(config, e))?;
+            prefixed(store, &azure.root_directory)
+        }
+        StorageConfig::Filesystem { .. } | StorageConfig::InMemory => {
+            unreachable!("local stores are opened without a client")
+        }
+    };
+    Ok(store)
 }
 
 fn prefixed<T: ObjectStore>(store: T, root: &str) -> Arc<dyn ObjectStore> {

@@ -14,7 +14,11 @@
 //! in 5,000 repositories), so ~175 MB per million objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use super::layout::{classify, KeyKind};
 
@@ -119,9 +123,21 @@ enum Change {
     Delete { key: String },
 }
 
-#[derive(Default)]
 pub struct StoreIndex {
     inner: Mutex<Inner>,
+    /// Content bytes above which `size_alarm` rings (u64::MAX: never).
+    alarm_above: AtomicU64,
+    size_alarm: Notify,
+}
+
+impl Default for StoreIndex {
+    fn default() -> Self {
+        StoreIndex {
+            inner: Mutex::default(),
+            alarm_above: AtomicU64::new(u64::MAX),
+            size_alarm: Notify::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -131,6 +147,18 @@ struct Inner {
     during_rebuild: Option<Vec<Change>>,
     /// A listing completed at least once.
     built: bool,
+}
+
+/// One repository as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositorySummary {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub manifests: usize,
+    pub blobs: usize,
+    /// Bytes of the content its links reference (content shared with other repositories is
+    /// counted in each).
+    pub bytes: u64,
 }
 
 /// What the store holds, in figures.
@@ -153,6 +181,26 @@ impl StoreIndex {
         if let Some(log) = inner.during_rebuild.as_mut() {
             log.push(change);
         }
+        self.check_size(inner.state.content_bytes);
+    }
+
+    fn check_size(&self, content_bytes: u64) {
+        if content_bytes > self.alarm_above.load(Ordering::Relaxed) {
+            self.size_alarm.notify_one();
+        }
+    }
+
+    /// Rings `size_alarm` whenever a change leaves more than `bytes` of content (the budget's
+    /// high watermark: the evictor need not wait for its next check).
+    pub fn alarm_above(&self, bytes: u64) {
+        self.alarm_above.store(bytes, Ordering::Relaxed);
+        self.check_size(self.totals().content_bytes);
+    }
+
+    /// Completes once content went above the alarm's size (at once if it did since the last
+    /// wait completed: one permit is kept).
+    pub fn size_alarm(&self) -> Notified<'_> {
+        self.size_alarm.notified()
     }
 
     /// An object was written at `key`.
@@ -188,6 +236,7 @@ impl StoreIndex {
         }
         inner.state = state;
         inner.built = true;
+        self.check_size(inner.state.content_bytes);
     }
 
     /// A listing failed: the index keeps what it had, with the changes made meanwhile.
@@ -224,6 +273,45 @@ impl StoreIndex {
         let page: Vec<String> = names.by_ref().take(n).cloned().collect();
         let more = names.next().is_some();
         (page, more)
+    }
+
+    /// Repositories whose name contains `query` and that `keep` lets through, in order: how
+    /// many there are, and those from the `skip`th on (at most `take`), each with its tags and
+    /// the bytes of the content it references. Reads every name (a substring match cannot use
+    /// the order), but sums sizes for the page only.
+    pub fn search(
+        &self,
+        query: &str,
+        skip: usize,
+        take: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> (usize, Vec<RepositorySummary>) {
+        let inner = self.lock();
+        let state = &inner.state;
+        let matching = state
+            .repositories
+            .iter()
+            .filter(|(name, _)| name.contains(query) && keep(name));
+        let mut total = 0;
+        let mut page = Vec::new();
+        for (name, records) in matching {
+            if total >= skip && page.len() < take {
+                page.push(RepositorySummary {
+                    name: name.clone(),
+                    tags: records.tags.iter().cloned().collect(),
+                    manifests: records.manifests.len(),
+                    blobs: records.blobs.len(),
+                    bytes: records
+                        .manifests
+                        .iter()
+                        .chain(&records.blobs)
+                        .filter_map(|digest| state.content.get(digest))
+                        .sum(),
+                });
+            }
+            total += 1;
+        }
+        (total, page)
     }
 
     /// The tags of `repository`, sorted, once the index is built and knows any.
@@ -347,6 +435,30 @@ mod tests {
     }
 
     #[test]
+    fn a_search_pages_through_the_names_that_match() {
+        let index = StoreIndex::default();
+        index.put(&content_key(HEX), 10);
+        for name in ["a/app", "a/db", "b/app", "c/app"] {
+            index.put(&format!("repositories/{name}/_tags/v1"), 1);
+            index.put(&format!("repositories/{name}/_blobs/sha256/{HEX}"), 1);
+        }
+        index.put("repositories/a/app/_tags/v2", 1);
+        let all = |_: &str| true;
+        let names =
+            |page: Vec<RepositorySummary>| page.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let (total, page) = index.search("app", 0, 2, all);
+        assert_eq!(total, 3);
+        assert_eq!(page[0].tags, ["v1", "v2"]);
+        assert_eq!(page[0].bytes, 10);
+        assert_eq!(names(page), ["a/app", "b/app"]);
+        let (total, page) = index.search("app", 2, 2, all);
+        assert_eq!((total, names(page)), (3, vec!["c/app".to_owned()]));
+        assert_eq!(index.search("app", 10, 2, all), (3, vec![]));
+        let (total, page) = index.search("", 0, 10, |n| !n.starts_with("b/"));
+        assert_eq!((total, names(page).len()), (3, 3));
+    }
+
+    #[test]
     fn a_rebuild_keeps_the_changes_made_while_it_listed() {
         let index = StoreIndex::default();
         index.put("repositories/old/one/_tags/v1", 1);
@@ -363,5 +475,23 @@ mod tests {
         assert!(index.is_built());
         assert_eq!(index.repositories(), ["new/two", "old/one"]);
         assert_eq!(index.totals().content_bytes, 7);
+    }
+
+    #[test]
+    fn the_size_alarm_rings_when_content_goes_above_its_size() {
+        let index = StoreIndex::default();
+        index.alarm_above(10);
+        index.put(&format!("blobs/sha256/{}/{HEX}", &HEX[..2]), 10);
+        use futures::FutureExt;
+        assert!(
+            index.size_alarm().now_or_never().is_none(),
+            "not above 10 bytes yet"
+        );
+        let other = "b".repeat(64);
+        index.put(&format!("blobs/sha256/bb/{other}"), 1);
+        assert!(
+            index.size_alarm().now_or_never().is_some(),
+            "rung at 11 bytes"
+        );
     }
 }

@@ -26,7 +26,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use free_space::{disk_room, DiskRoom, FreeSpaceFloor};
-pub use index::{Records, StoreIndex, Totals};
+pub use index::{Records, RepositorySummary, StoreIndex, Totals};
 pub use pressure::{PressureState, Refusal, StoragePressure};
 pub use spool::{SpoolAppender, SpoolCursor, SpoolDir, SpoolFile, SpoolReader};
 pub use writer::ContentWriter;
@@ -105,6 +105,10 @@ pub fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How long a blob read waits on an object store for its answer or for the next bytes (the
+/// read as a whole may last as long as the client takes).
+const STORE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often a shared object store is listed again to rebuild the index.
 const INDEX_REFRESH: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
@@ -118,6 +122,9 @@ pub struct StoredRead {
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The same store through a client without a whole-request timeout, for blob reads that
+    /// last as long as a client takes (`read_from` puts an idle deadline on them instead).
+    streaming: Arc<dyn ObjectStore>,
     /// The directory behind `store` when it is the local filesystem: a verified spool is then
     /// renamed into place instead of being copied.
     local_root: Option<PathBuf>,
@@ -147,8 +154,10 @@ impl Storage {
         let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| root_error(std::io::Error::other(e)))?
             .with_automatic_cleanup(true);
+        let store: Arc<dyn ObjectStore> = Arc::new(store);
         Ok(Storage {
-            store: Arc::new(store),
+            streaming: store.clone(),
+            store,
             local_root: Some(root),
             index: Arc::default(),
             spool: Arc::new(spool),
@@ -275,15 +284,32 @@ impl Storage {
             range: range.map(GetRange::Bounded),
             ..Default::default()
         };
-        match self.store.get_opts(key, options).await {
+        let started = tokio::time::timeout(STORE_IDLE, self.streaming.get_opts(key, options));
+        let answered = started.await.map_err(|_| StorageError::Io {
+            key: key.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the store did not answer within {STORE_IDLE:?}"),
+            ),
+        })?;
+        match answered {
             Ok(result) => {
                 let total_size = result.meta.size;
                 let range = result.range.clone();
                 let key_name = key.to_string();
-                let body = result
-                    .into_stream()
-                    .map_err(move |e| {
-                        std::io::Error::other(format!("reading storage key {key_name}: {e}"))
+                // Waiting on the store (not on the client) for longer than this is a failure.
+                let body = tokio_stream::StreamExt::timeout(result.into_stream(), STORE_IDLE)
+                    .map(move |item| match item {
+                        Ok(Ok(bytes)) => Ok(bytes),
+                        Ok(Err(e)) => Err(std::io::Error::other(format!(
+                            "reading storage key {key_name}: {e}"
+                        ))),
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "reading storage key {key_name}: nothing came for {STORE_IDLE:?}"
+                            ),
+                        )),
                     })
                     .boxed();
                 Ok(Some(StoredRead {

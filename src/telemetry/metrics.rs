@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
+use super::problems::{ProblemKind, Problems};
 use crate::cache::Outcome;
 
 /// The content type Prometheus expects for the OpenMetrics text this module renders.
@@ -98,6 +99,7 @@ struct Inner {
     stale_serves: Family<RegistryKindLabels, Counter>,
     rate_limit_limit: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
     rate_limit_remaining: Family<RegistryLabels, Gauge<i64, AtomicI64>>,
+    upstream_offline: Family<RegistryLabels, Gauge>,
     storage_errors: Family<OperationLabels, Counter>,
     uncached_serves: Family<KindReasonLabels, Counter>,
     storage_full: Gauge,
@@ -110,6 +112,8 @@ struct Inner {
     evicted_bytes: Counter,
     last_eviction: Gauge<i64, AtomicI64>,
     eviction_deferred: Counter,
+    /// The last problems, for the status page (not a Prometheus metric).
+    problems: Problems,
     prewarm_runs: Counter,
     prewarm_checked: Counter,
     prewarm_moved: Counter,
@@ -140,6 +144,7 @@ impl Metrics {
             stale_serves: registered(r, "stale_serves", "Cached tags served because upstream failed to revalidate them, by registry"),
             rate_limit_limit: registered(r, "upstream_ratelimit_limit", "The registry's ratelimit-limit (Docker Hub's pull quota), as last reported (-1 before any report)"),
             rate_limit_remaining: registered(r, "upstream_ratelimit_remaining", "The registry's ratelimit-remaining (Docker Hub's pull quota), as last reported (-1 before any report)"),
+            upstream_offline: registered(r, "upstream_offline", "1 for a registry configured offline (offline: true), whose upstream is never contacted; else 0"),
             storage_errors: registered(r, "storage_errors", "Storage operations that failed, by where (request, fill, health)"),
             uncached_serves: registered(r, "uncached_serves", "Blobs and manifests fetched and served but not cached because storage refused the write, by kind and reason (full: no space or over quota; error: any other failure)"),
             storage_full: registered(r, "storage_full", "1 while storage refuses writes for lack of space (since the last refused write, until one succeeds), else 0"),
@@ -152,6 +157,7 @@ impl Metrics {
             evicted_bytes: registered(r, "evicted_bytes", "Bytes of content deleted by eviction"),
             last_eviction: registered(r, "last_eviction_timestamp_seconds", "When eviction last deleted something (Unix time; 0 never)"),
             eviction_deferred: registered(r, "eviction_deferred", "Checks over budget that left eviction to another replica holding the eviction lease"),
+            problems: Problems::default(),
             prewarm_runs: registered(r, "prewarm_runs", "Runs over the pre-warm list (cache.prewarm) and warm-now requests"),
             prewarm_checked: registered(r, "prewarm_images_checked", "Pre-warmed tags checked upstream (one HEAD each when cached)"),
             prewarm_moved: registered(r, "prewarm_images_moved", "Pre-warmed tags found pointing to new content (or seen for the first time)"),
@@ -161,6 +167,20 @@ impl Metrics {
             prewarm_last_run: registered(r, "prewarm_last_run_timestamp_seconds", "When a pre-warm run last ended (Unix time; 0 never)"),
             registry,
         };
+        // Failure counters whose labels are all known start at 0, so they are exported (and
+        // dashboards and `rate()` see them) before the first failure.
+        for operation in ["request", "fill", "health"] {
+            let _ = inner
+                .storage_errors
+                .get_or_create(&OperationLabels { operation });
+        }
+        for kind in ["blob", "manifest"] {
+            for reason in ["full", "error"] {
+                let _ = inner
+                    .uncached_serves
+                    .get_or_create(&KindReasonLabels { kind, reason });
+            }
+        }
         Metrics {
             inner: Arc::new(inner),
         }
@@ -292,6 +312,16 @@ impl Metrics {
             .set(remaining);
     }
 
+    /// Whether `registry` is configured offline.
+    pub fn upstream_offline(&self, registry: &str, offline: bool) {
+        self.inner
+            .upstream_offline
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_owned(),
+            })
+            .set(i64::from(offline));
+    }
+
     /// The cache's size against its budget, and what pins keep (None: not counted this time,
     /// the last figure stands).
     pub fn cache_size(&self, bytes: u64, budget: u64, pinned: Option<u64>) {
@@ -300,6 +330,11 @@ impl Metrics {
         if let Some(pinned) = pinned {
             self.inner.pinned_bytes.set(pinned as i64);
         }
+    }
+
+    /// The bytes of cached content now.
+    pub fn cache_bytes(&self, bytes: u64) {
+        self.inner.cache_bytes.set(bytes as i64);
     }
 
     /// One eviction run that deleted something.
@@ -340,6 +375,15 @@ impl Metrics {
             .cut_short
             .get_or_create(&KindLabels { kind: endpoint })
             .inc();
+    }
+
+    /// Something went wrong that the status page lists (it is logged where it happens).
+    pub fn problem(&self, kind: ProblemKind, repository: Option<&str>, message: &str) {
+        self.inner.problems.record(kind, repository, message);
+    }
+
+    pub fn problems(&self) -> &Problems {
+        &self.inner.problems
     }
 
     /// Everything, in the OpenMetrics text format.

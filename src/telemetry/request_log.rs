@@ -15,6 +15,7 @@ use http::{HeaderValue, Method};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tracing::Instrument;
 
+use super::problems::ProblemKind;
 use super::request_id::{self, RequestId};
 use super::Metrics;
 use crate::api::ErrorMessage;
@@ -24,6 +25,11 @@ use crate::registry::RegistryId;
 /// Which endpoint answered, set on the response by the dispatcher.
 #[derive(Clone, Copy, Debug)]
 pub struct EndpointLabel(pub &'static str);
+
+/// The repository a failed request named (as the mirror names it), set on error responses
+/// only, so the status page can show a viewer the problems of repositories it may pull.
+#[derive(Clone, Debug)]
+pub struct FailedRepository(pub String);
 
 /// Set on a response whose request failed because storage did.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +79,7 @@ pub async fn log_requests(
         registry: extensions.get::<RegistryId>().cloned(),
         outcome: extensions.get::<Outcome>().copied(),
         error: extensions.get::<ErrorMessage>().map(|e| e.0.clone()),
+        repository: extensions.get::<FailedRepository>().map(|r| r.0.clone()),
         storage_failed: extensions.get::<StorageFailed>().is_some(),
         started,
         bytes: 0,
@@ -110,6 +117,7 @@ struct LogLine {
     registry: Option<RegistryId>,
     outcome: Option<Outcome>,
     error: Option<String>,
+    repository: Option<String>,
     storage_failed: bool,
     started: Instant,
     bytes: u64,
@@ -146,6 +154,12 @@ impl LogLine {
         if !complete && method != Method::HEAD {
             metrics.cut_short(self.endpoint);
         }
+        if let Some(error) = &self.error {
+            if let Some(kind) = problem_kind(status, error) {
+                let message = format!("{method} {path}: {status}: {error}");
+                metrics.problem(kind, self.repository.as_deref(), &message);
+            }
+        }
         match &self.error {
             Some(error) if status >= 500 => tracing::error!(
                 request_id = %id, %client, %method, %path, status, bytes, elapsed_ms,
@@ -164,6 +178,18 @@ impl LogLine {
                 registry, cache = outcome, "request"
             ),
         }
+    }
+}
+
+/// Which failed requests the status page lists: refused clients and server-side failures (a
+/// 404 or a bad request is the client's business).
+fn problem_kind(status: u16, error: &str) -> Option<ProblemKind> {
+    match status {
+        401 | 403 => Some(ProblemKind::RefusedClient),
+        _ if status < 500 => None,
+        _ if error.contains("does not match its digest") => Some(ProblemKind::DigestMismatch),
+        502..=504 => Some(ProblemKind::Upstream),
+        _ => Some(ProblemKind::Server),
     }
 }
 

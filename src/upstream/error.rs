@@ -28,6 +28,9 @@ pub enum UpstreamError {
     },
     #[error("upstream {url} sent an unusable response: {reason}")]
     BadResponse { url: String, reason: String },
+    /// The registry is configured offline: nothing was sent, nor will be.
+    #[error("registry {registry} is offline here ({key}: true): this mirror contacts no upstream for it")]
+    Offline { registry: String, key: String },
 }
 
 /// What kind of failure an upstream error is. The one classification both decisions made on
@@ -45,6 +48,8 @@ pub enum FailureClass {
     Unavailable,
     /// Upstream answered, but with something we cannot use.
     BadGateway,
+    /// The registry is configured offline: upstream was not asked.
+    Offline,
 }
 
 impl UpstreamError {
@@ -74,6 +79,7 @@ impl UpstreamError {
             | UpstreamError::Unreachable { .. }
             | UpstreamError::TokenServiceFailed { .. } => FailureClass::Unavailable,
             UpstreamError::BadResponse { .. } => FailureClass::BadGateway,
+            UpstreamError::Offline { .. } => FailureClass::Offline,
         }
     }
 
@@ -93,6 +99,11 @@ impl UpstreamError {
     /// The upstream said the thing does not exist (as opposed to failing to answer).
     pub fn is_not_found(&self) -> bool {
         self.class() == FailureClass::NotFound
+    }
+
+    /// The registry is offline: upstream was not asked, so this says nothing about the thing.
+    pub fn is_offline(&self) -> bool {
+        self.class() == FailureClass::Offline
     }
 
     /// `Retry-After` as upstream sent it with a 429.

@@ -85,6 +85,8 @@ pub struct Upstream {
     fetches: Arc<Semaphore>,
     rate_limit: RateLimit,
     metrics: Metrics,
+    /// `offline: true`: every request is refused here, before any lookup or connection.
+    offline: bool,
 }
 
 /// How a blob GET that asked for `Range: bytes=N-` was answered.
@@ -120,6 +122,26 @@ impl Upstream {
             fetches: Arc::new(Semaphore::new(config.max_fetches)),
             rate_limit: RateLimit::default(),
             metrics,
+            offline: config.offline,
+        })
+    }
+
+    /// Whether the registry is configured offline (`offline: true`), so never contacted.
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
+    /// The gate of an offline registry: its error, before anything is looked up or sent.
+    pub fn refuse_if_offline(&self) -> Result<(), UpstreamError> {
+        if !self.offline {
+            return Ok(());
+        }
+        Err(UpstreamError::Offline {
+            registry: self.registry.name().to_owned(),
+            key: match &self.registry {
+                RegistryId::Default => "proxy.offline".to_owned(),
+                RegistryId::Host(host) => format!("registries.{host}.offline"),
+            },
         })
     }
 
@@ -289,6 +311,8 @@ impl Upstream {
         headers: HeaderMap,
         metadata: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
+        // Every request upstream (the probe, tokens, redirects) starts here.
+        self.refuse_if_offline()?;
         let scope = format!("repository:{}:pull", self.name_upstream(repo));
         let known = self.known_challenge().await;
         let mut authorization = match &known {

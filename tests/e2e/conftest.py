@@ -28,7 +28,7 @@ ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEA
 
 REQUIRED_TOOLS = {
     "dockerd": "docker.io", "docker": "docker.io", "containerd": "containerd", "ctr": "containerd",
-    "skopeo": "skopeo", "docker-registry": "docker-registry", "curl": "curl",
+    "skopeo": "skopeo", "docker-registry": "docker-registry", "curl": "curl", "chromium": "chromium",
 }
 
 

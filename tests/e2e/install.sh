@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-PKGS=(docker.io docker-registry skopeo containerd curl ca-certificates python3 python3-pip)
+# chromium: the status page's browser test (driven by Playwright, never its own browser download).
+PKGS=(docker.io docker-registry skopeo containerd curl ca-certificates python3 python3-pip chromium)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -49,4 +50,5 @@ echo "install.sh: versions:"
 skopeo --version || true
 dockerd --version || true
 containerd --version || true
-"$PY" -c 'import cryptography, pytest, moto; print("cryptography", cryptography.__version__, "pytest", pytest.__version__, "moto", moto.__version__)'
+chromium --version || true
+"$PY" -c 'import cryptography, pytest, moto, importlib.metadata as m; print("cryptography", cryptography.__version__, "pytest", pytest.__version__, "moto", moto.__version__, "playwright", m.version("playwright"))'

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from conftest import UpstreamCounter, expected_cold_fetches
+from mirror import Mirror
 from skopeo import copy_direct, copy_through_mirror, tree_sha256, write_registries_conf
 
 IMAGES = ["library/alpine:latest", "library/busybox:latest", "library/multi:v2s2", "private/secret:1.0",
@@ -61,3 +62,28 @@ def test_missing_image_fails(registries_conf, cistern, tmp_path):
     mirror_said = "manifest unknown: manifest latest is unknown to repository library/doesnotexist"
     assert f"Mirrors also failed: [{cistern.host}/library/doesnotexist:latest" in result.stderr, result.stderr
     assert mirror_said in result.stderr, result.stderr
+
+
+def test_offline_mirror_serves_cached_copies_without_upstream(cistern_bin, cistern, registries_conf,
+                                                               direct_copies, hub, tmp_path):
+    """A second cistern on the first one's storage, offline (REGISTRY_PROXY_OFFLINE=true) and with
+    an upstream no lookup can find: skopeo copies every cached image byte for byte, and a miss
+    names the offline switch."""
+    for image in IMAGES:  # cached, whatever ran before
+        copy_through_mirror(registries_conf, image, str(tmp_path / ("warm_" + image.replace("/", "_"))))
+    counter = UpstreamCounter(hub)
+    same_storage = f"  filesystem:\n    rootdirectory: {cistern.storage}\n"
+    with Mirror.cistern(cistern_bin, "http://upstream.invalid:5000", storage_driver=same_storage,
+                        extra_env={"REGISTRY_PROXY_OFFLINE": "true"}) as offline:
+        conf = write_registries_conf(str(tmp_path / "offline.conf"), offline.host)
+        for image in IMAGES:
+            dest = str(tmp_path / ("offline_" + image.replace("/", "_")))
+            copy_through_mirror(conf, image, dest)
+            assert tree_sha256(dest) == direct_copies[image], f"{image}: bytes differ offline"
+        result = copy_through_mirror(conf, "library/doesnotexist:latest", str(tmp_path / "x"), check=False)
+        assert result.returncode != 0
+        assert "proxy.offline" in result.stderr, result.stderr
+        assert offline.metric_sum("cistern_upstream_offline", registry="docker.io") == 1
+        assert offline.metric_sum("cistern_upstream_requests_total") == 0
+        assert "registry OFFLINE" in offline.log_text()
+    assert counter.entries() == []

@@ -8,13 +8,7 @@ use serde_json::Value;
 const REALM: &str = "cistern-test";
 
 fn htpasswd_yaml(dir: &std::path::Path, user: &str, password: &str) -> String {
-    let path = dir.join("htpasswd");
-    let hash = bcrypt::hash(password, 4).unwrap();
-    std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
-    format!(
-        "auth:\n  htpasswd:\n    realm: {REALM}\n    path: {}\n",
-        path.display()
-    )
+    htpasswd_section(dir, REALM, user, password)
 }
 
 fn client_with_basic(user: &str, password: &str) -> reqwest::Client {

@@ -62,16 +62,14 @@ async fn sigkill_mid_fill_leaves_nothing_served_and_the_restart_cleans_up() {
         .unwrap()
         .bytes_stream();
     let mut received = body.next().await.unwrap().unwrap().len();
-    for _ in 0..1000 {
+    until("1 MiB spooled", Duration::from_secs(10), async || {
         let spooled: u64 = files_below(&spool)
             .iter()
             .map(|f| f.metadata().unwrap().len())
             .sum();
-        if spooled >= MIB as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        spooled >= MIB as u64
+    })
+    .await;
     cistern.child.start_kill().unwrap();
     cistern.child.wait().await.unwrap();
     while let Some(Ok(chunk)) = body.next().await {

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -182,25 +181,108 @@ fn requests(upstreams: &[&FakeUpstream]) -> usize {
 
 /// Waits until the evictor has evicted `images` images in all (it checks every 5 s).
 async fn wait_for_evicted(mirror: &Mirror, images: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let metrics = mirror.metrics().await;
-        let evicted = metrics.value("cistern_evicted_images_total");
-        if evicted >= images {
-            assert_eq!(
-                evicted,
-                images,
-                "evicted more images than expected; stored: {:?}",
-                stored_content(mirror)
-            );
-            return;
+    let evicted = until(
+        &format!("the evictor to evict {images} images"),
+        Duration::from_secs(60),
+        async || {
+            let evicted = mirror.metrics().await.value("cistern_evicted_images_total");
+            if evicted >= images {
+                Ok(evicted)
+            } else {
+                Err(format!(
+                    "{evicted} evicted, the filesystem store holding {} bytes",
+                    stored_bytes(mirror)
+                ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        evicted,
+        images,
+        "evicted more images than expected; stored: {:?}",
+        stored_content(mirror)
+    );
+}
+
+/// The bucket an S3 store uses.
+const BUCKET: &str = "cache";
+
+/// The key of `digest`'s content in the bucket (below the `rootdirectory` of
+/// `Moto::storage_yaml`).
+fn content_key(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    format!("mirror/blobs/sha256/{}/{hex}", &hex[..2])
+}
+
+/// Where the mirror under test caches, with a view into it that does not go through cistern.
+enum Store {
+    /// A fresh directory (`Mirror::storage`).
+    Filesystem,
+    /// A bucket on moto, which cistern reaches through `proxy`, so a test can slow its reads
+    /// and see which are still under way.
+    S3 { moto: Moto, proxy: Box<FaultProxy> },
+}
+
+impl Store {
+    async fn s3() -> Store {
+        let moto = Moto::start().await;
+        moto.create_bucket(BUCKET).await;
+        let proxy = FaultProxy::start(&moto.endpoint).await;
+        Store::S3 {
+            moto,
+            proxy: Box::new(proxy),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the evictor evicted {evicted} images, not {images}, within 60 s; store holds {} bytes",
-            stored_bytes(mirror)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// `setup` caching in this store.
+    fn serving<'a>(&self, setup: MirrorSetup<'a>) -> MirrorSetup<'a> {
+        match self {
+            Store::Filesystem => setup,
+            Store::S3 { moto, proxy } => setup.storage(moto.storage_yaml(&proxy.url, BUCKET)),
+        }
+    }
+
+    /// Whether the store holds the content of `digest`, as its own listing says.
+    async fn has_content(&self, mirror: &Mirror, digest: &str) -> bool {
+        match self {
+            Store::Filesystem => mirror.has_content(digest),
+            Store::S3 { moto, .. } => {
+                let key = content_key(digest);
+                moto.keys(BUCKET, &key).await.contains(&key)
+            }
+        }
+    }
+
+    /// Makes the next read of `digest`'s content from the store last at least `at_least`
+    /// where the store can be slowed (S3); a file is read at the pace of its reader anyway.
+    fn slow_next_read(&self, digest: &str, bytes: u64, at_least: Duration) {
+        if let Store::S3 { proxy, .. } = self {
+            proxy.inject_method(
+                http::Method::GET,
+                &content_key(digest),
+                Fault::Slow {
+                    bytes_per_sec: bytes / at_least.as_secs(),
+                },
+                1,
+            );
+        }
+    }
+
+    /// Whether cistern is still reading `digest`'s content from the store: an open file (of
+    /// this process, where cistern runs) deleted from under it, or an S3 GET under way.
+    fn still_reading(&self, mirror: &Mirror, digest: &str) -> bool {
+        match self {
+            Store::Filesystem => {
+                let deleted = format!("{} (deleted)", mirror.content_path(digest).display());
+                std::fs::read_dir("/proc/self/fd")
+                    .unwrap()
+                    .flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .any(|target| target.to_string_lossy() == deleted)
+            }
+            Store::S3 { proxy, .. } => proxy.blob_fetches_in_progress() > 0,
+        }
     }
 }
 
@@ -528,7 +610,7 @@ async fn pull_checked(http: &reqwest::Client, url: &str, image: &TestImage) -> R
 
 /// 20 clients pull ten images (40 MiB, a budget of 24) round and round until the evictor has
 /// evicted at least `evictions` images under them; every answer must be whole and right.
-async fn race_pulls_against_the_evictor(storage: Option<String>, evictions: f64) {
+async fn race_pulls_against_the_evictor(store: Store, evictions: f64) {
     let hub = FakeUpstream::start().await;
     let images: Arc<Vec<TestImage>> = Arc::new(
         (0..10)
@@ -544,11 +626,10 @@ async fn race_pulls_against_the_evictor(storage: Option<String>, evictions: f64)
             })
             .collect(),
     );
-    let mut setup = MirrorSetup::new(&hub.url).extra_yaml(&cache_yaml("0s", &[]));
-    if let Some(storage) = storage {
-        setup = setup.storage(storage);
-    }
-    let mirror = setup.start().await;
+    let mirror = store
+        .serving(MirrorSetup::new(&hub.url).extra_yaml(&cache_yaml("0s", &[])))
+        .start()
+        .await;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let pulls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -574,14 +655,24 @@ async fn race_pulls_against_the_evictor(storage: Option<String>, evictions: f64)
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let evicted = loop {
-        let evicted = mirror.metrics().await.value("cistern_evicted_images_total");
-        if evicted >= evictions || Instant::now() > deadline {
-            break evicted;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    until(
+        &format!("{evictions} images evicted under the pulls"),
+        Duration::from_secs(180),
+        async || {
+            let evicted = mirror.metrics().await.value("cistern_evicted_images_total");
+            if evicted >= evictions {
+                return Ok(());
+            }
+            let failures = failures.lock().unwrap();
+            Err(format!(
+                "{evicted} evicted in {} pulls, of which {} went wrong, e.g. {:?}",
+                pulls.load(Ordering::SeqCst),
+                failures.len(),
+                failures.first()
+            ))
+        },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.await.expect("no client panicked");
@@ -594,11 +685,6 @@ async fn race_pulls_against_the_evictor(storage: Option<String>, evictions: f64)
         pulls.load(Ordering::SeqCst),
         &failures[..failures.len().min(5)]
     );
-    assert!(
-        evicted >= evictions,
-        "only {evicted} images evicted in 180 s of pulls ({} pulls)",
-        pulls.load(Ordering::SeqCst)
-    );
     // And afterwards every image pulls whole.
     for image in images.iter() {
         pull_checked(&mirror.http, &mirror.url, image)
@@ -609,55 +695,133 @@ async fn race_pulls_against_the_evictor(storage: Option<String>, evictions: f64)
 
 #[tokio::test]
 async fn eviction_racing_twenty_concurrent_pulls_breaks_no_answer() {
-    race_pulls_against_the_evictor(None, 12.0).await;
+    race_pulls_against_the_evictor(Store::Filesystem, 12.0).await;
 }
 
 #[tokio::test]
 async fn eviction_racing_twenty_concurrent_pulls_breaks_no_answer_on_s3() {
-    let moto = Moto::start().await;
-    moto.create_bucket("cache").await;
-    let storage = moto.storage_yaml(&moto.endpoint, "cache");
-    race_pulls_against_the_evictor(Some(storage), 6.0).await;
+    race_pulls_against_the_evictor(Store::s3().await, 6.0).await;
 }
 
-#[tokio::test]
-async fn a_client_reading_a_blob_evicted_under_it_gets_every_byte() {
+/// A client reads a cached 16 MiB layer and stalls after the first chunk; its image becomes
+/// the least recently pulled and is evicted. With `keeprecent: 0s` nothing protects what is
+/// being read, so the evictor deletes the layer from the store under the reader (while cistern
+/// is still reading it from there), and the client, reading on, still gets every byte.
+async fn a_reader_gets_every_byte_of_a_blob_evicted_under_it(store: Store) {
+    const LAYER: usize = 16 * MIB;
     let hub = FakeUpstream::start().await;
-    let slow = image(&hub, None, "library/slow", Some("1"), &[("slow", 16 * MIB)]);
+    let slow = image(&hub, None, "library/slow", Some("1"), &[("slow", LAYER)]);
     let a = image(&hub, None, "library/a", Some("1"), &[("a", 5 * MIB)]);
     let b = image(&hub, None, "library/b", Some("1"), &[("b", 5 * MIB)]);
-    let mirror = MirrorSetup::new(&hub.url)
-        .extra_yaml(&cache_yaml("0s", &[]))
+    let mirror = store
+        .serving(MirrorSetup::new(&hub.url).extra_yaml(&cache_yaml("0s", &[])))
         .start()
         .await;
     pull(&mirror, &slow).await;
     let layer = slow.top_layer().to_owned();
-    assert!(mirror.has_content(&layer));
+    assert!(store.has_content(&mirror, &layer).await);
 
-    // A client starts reading the cached layer, and stops after the first bytes.
-    let response = mirror
-        .get(&format!("/v2/{}/blobs/{layer}", slow.name))
-        .await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
-    let mut hasher = Sha256::new();
-    let mut read = 0;
-    let first = body.next().await.unwrap().unwrap();
-    hasher.update(&first);
-    read += first.len();
+    // A client starts reading the cached layer, and stops after the first bytes. (On S3 the
+    // store sends it slowly too, so that the whole of it cannot have reached cistern before
+    // the eviction.)
+    store.slow_next_read(&layer, LAYER as u64, Duration::from_secs(16));
+    let mut reader =
+        HeldBackReader::get(&mirror, &format!("/v2/{}/blobs/{layer}", slow.name)).await;
 
     // 26 MiB: the slow image is the least recently pulled, and goes (to 10 MiB).
     pull_in_order(&mirror, &[&a, &b]).await;
     wait_for_evicted(&mirror, 1.0).await;
-    assert!(!mirror.has_content(&layer), "evicted while being read");
+    assert!(
+        !store.has_content(&mirror, &layer).await,
+        "deleted from the store while being read"
+    );
+    assert!(
+        store.still_reading(&mirror, &layer),
+        "cistern was still reading the layer from the store when it was deleted"
+    );
 
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.expect("the body continues to its end");
-        hasher.update(&chunk);
-        read += chunk.len();
+    let (read, digest) = reader.read_to_end().await;
+    assert_eq!(read, LAYER);
+    assert_eq!(digest, layer);
+}
+
+/// A client reading a body through a small receive buffer: what it has not read yet stays
+/// with the server (a few MiB of send buffer at most), not in a receive buffer the kernel
+/// would grow to take the whole body. Speaks just enough HTTP/1.1 for one GET.
+struct HeldBackReader {
+    stream: tokio::net::TcpStream,
+    hasher: Sha256,
+    read: usize,
+    length: usize,
+}
+
+impl HeldBackReader {
+    /// Sends the GET, reads the head (it must say 200 and the length) and the first bytes.
+    async fn get(mirror: &Mirror, path: &str) -> HeldBackReader {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = mirror.url.trim_start_matches("http://").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no content-length: {head}"));
+        let mut reader = HeldBackReader {
+            stream,
+            hasher: Sha256::new(),
+            read: 0,
+            length,
+        };
+        reader.read_once().await;
+        reader
     }
-    assert_eq!(read, 16 * MIB);
-    assert_eq!(format!("sha256:{}", hex::encode(hasher.finalize())), layer);
+
+    /// Reads what has arrived of the body (at most 64 KiB).
+    async fn read_once(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0; 64 * 1024];
+        let n = self.stream.read(&mut buffer).await.unwrap();
+        assert!(
+            n > 0,
+            "the body ended after {} of {} bytes",
+            self.read,
+            self.length
+        );
+        self.hasher.update(&buffer[..n]);
+        self.read += n;
+    }
+
+    /// Reads the rest of the body: how long it was, and its digest.
+    async fn read_to_end(&mut self) -> (usize, String) {
+        while self.read < self.length {
+            self.read_once().await;
+        }
+        let digest = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+        (self.read, digest)
+    }
+}
+
+#[tokio::test]
+async fn a_client_reading_a_blob_evicted_under_it_gets_every_byte() {
+    a_reader_gets_every_byte_of_a_blob_evicted_under_it(Store::Filesystem).await;
+}
+
+#[tokio::test]
+async fn a_client_reading_a_blob_evicted_under_it_gets_every_byte_on_s3() {
+    a_reader_gets_every_byte_of_a_blob_evicted_under_it(Store::s3().await).await;
 }
 
 // 5. An image pulled by digest -----------------------------------------------------------------

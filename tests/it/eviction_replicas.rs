@@ -7,19 +7,10 @@ use cistern::storage::Storage;
 use object_store::path::Path;
 
 use crate::common::moto::Moto;
-use crate::common::{add_image, FakeUpstream, MirrorSetup, OCI_MANIFEST};
+use crate::common::{add_image, until, FakeUpstream, MirrorSetup, OCI_MANIFEST};
 
-/// Polls `done` until it holds, failing after a deadline with `what`.
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !done().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
+/// How long the evictor (checking every 5 s) may take.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_over_budget_leaves_eviction_to_the_lease_holder_then_evicts_once_it_is_free() {
@@ -52,7 +43,7 @@ async fn a_replica_over_budget_leaves_eviction_to_the_lease_holder_then_evicts_o
         .await;
     mirror.pull("team/old", "1").await;
     mirror.pull("team/new", "1").await;
-    until("the evictor to find the lease held", || async {
+    until("the evictor to find the lease held", WITHIN, async || {
         mirror
             .metrics()
             .await
@@ -65,7 +56,7 @@ async fn a_replica_over_budget_leaves_eviction_to_the_lease_holder_then_evicts_o
 
     // The holder is done: this replica takes the lease, evicts the older image, releases it.
     bucket.delete(&lease).await.unwrap();
-    until("the older image to be evicted", || async {
+    until("the older image to be evicted", WITHIN, async || {
         mirror.metrics().await.value("cistern_evicted_images_total") >= 1.0
     })
     .await;

@@ -61,13 +61,10 @@ impl Setup {
     /// Nothing of the cold blob is stored or left in the spool.
     async fn nothing_cached(&self) {
         assert!(!self.mirror.has_content(&self.cold));
-        for _ in 0..500 {
-            if self.mirror.spooled_bytes() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("spool files left behind");
+        until("the spool to empty", Duration::from_secs(5), async || {
+            self.mirror.spooled_bytes() == 0
+        })
+        .await;
     }
 }
 

@@ -37,7 +37,7 @@ async fn mirror_on(tmpfs: &Tmpfs, upstream: &str, health: bool) -> Mirror {
 
 /// Waits until the mirror answers `/v2/` (its storage is set up by then).
 async fn serving(mirror: &Mirror) {
-    until("the mirror serves", || async move {
+    until("the mirror serves", Duration::from_secs(30), async || {
         mirror
             .http
             .get(format!("{}/v2/", mirror.url))
@@ -46,22 +46,6 @@ async fn serving(mirror: &Mirror) {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-}
-
-/// Polls until `done` holds, for at most 30 s.
-async fn until<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Files below `dir`, relative to it.
@@ -88,9 +72,11 @@ fn files_below(dir: &Path) -> Vec<String> {
 /// Nothing cached, nothing partial: no content, no link or record, no spool file, no staging
 /// file (once the fills ended, which the spool shows).
 async fn nothing_stored(mirror: &Mirror) {
-    until("every spool file is gone", || async move {
-        files_below(&mirror.storage.join("_spool")).is_empty()
-    })
+    until(
+        "every spool file is gone",
+        Duration::from_secs(30),
+        async || files_below(&mirror.storage.join("_spool")).is_empty(),
+    )
     .await;
     assert_eq!(mirror.stored_files(), Vec::<String>::new());
 }
@@ -129,12 +115,16 @@ async fn a_cold_pull_on_a_full_disk_streams_through_verified_and_leaves_nothing(
     // The probe fails too (every 50 ms, threshold 1), yet a full store keeps the mirror ready:
     // it serves, and says since when storage is full.
     let m = &mirror;
-    until("the health check ran on the full disk", || async move {
-        m.metrics()
-            .await
-            .value(r#"cistern_storage_errors_total{operation="health"}"#)
-            >= 2.0
-    })
+    until(
+        "the health check ran on the full disk",
+        Duration::from_secs(30),
+        async || {
+            m.metrics()
+                .await
+                .value(r#"cistern_storage_errors_total{operation="health"}"#)
+                >= 2.0
+        },
+    )
     .await;
     for base in [&mirror.debug_url, &mirror.url] {
         let (status, body) = readyz(base).await;
@@ -421,7 +411,7 @@ async fn a_client_that_comes_after_the_relay_moved_on_gets_the_blob_from_a_new_f
     let first = tokio::spawn(async move { first.bytes().await.unwrap() });
     // More than the relay holds has gone through: the first bytes are gone from memory.
     let m = &mirror;
-    until("10 MiB went through", || async move {
+    until("10 MiB went through", Duration::from_secs(30), async || {
         m.metrics()
             .await
             .value(r#"cistern_upstream_fetched_bytes_total{registry="docker.io"}"#)

@@ -201,15 +201,14 @@ async fn get_base_until_answered(url: &str, within: Duration) -> reqwest::Status
 
 /// Waits for a log line containing `needle`, for at most `within`.
 async fn wait_for_log(cistern: &Binary, needle: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !cistern.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?}:\n{}",
-            cistern.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(&format!("a log line with {needle:?}"), within, async || {
+        if cistern.log_text().contains(needle) {
+            Ok(())
+        } else {
+            Err(format!("the log:\n{}", cistern.log_text()))
+        }
+    })
+    .await;
 }
 
 /// How many of `streams` the server closes within `within`.

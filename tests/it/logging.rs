@@ -1,7 +1,7 @@
 //! The request log as an operator ships it: `log.formatter: json`, one line per request with
 //! its id, and no secret anywhere (upstream password, upstream tokens, client credentials).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::binary::Binary;
 use crate::common::*;
@@ -12,26 +12,6 @@ const CLIENT_SECRET: &str = "client-secret-pw";
 
 fn basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-}
-
-/// The `fields` of the request line for `id`, once it is written.
-async fn request_line(cistern: &Binary, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = cistern.log_lines().iter().find_map(|line| {
-            let json: Value = serde_json::from_str(line).ok()?;
-            (json["fields"]["request_id"] == id).then(|| json["fields"].clone())
-        });
-        if let Some(fields) = found {
-            return fields;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no line for {id}:\n{}",
-            cistern.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +60,7 @@ async fn json_lines_carry_the_request_fields_and_never_a_secret() {
     assert_eq!(blob_id.len(), 16, "a generated id: {blob_id}");
     let blob_len = blob.bytes().await.unwrap().len();
 
-    let line = request_line(&cistern, "pull-42").await;
+    let line = cistern.request_line("pull-42").await;
     assert_eq!(line["message"], "request");
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/v2/private/secret/manifests/1.0");
@@ -89,7 +69,7 @@ async fn json_lines_carry_the_request_fields_and_never_a_secret() {
     assert_eq!(line["cache"], "miss");
     assert_eq!(line["client"], "127.0.0.1");
     assert!(line["elapsed_ms"].as_f64().is_some(), "{line}");
-    let line = request_line(&cistern, &blob_id).await;
+    let line = cistern.request_line(&blob_id).await;
     assert_eq!(
         (line["bytes"].as_u64(), &line["cache"]),
         (Some(blob_len as u64), &Value::from("miss"))

@@ -3,6 +3,7 @@
 //! `real_clients` drives dockerd, containerd, skopeo and curl through the built binary.
 
 mod access_control;
+mod admin;
 mod api_errors;
 mod auth;
 mod common;
@@ -15,12 +16,15 @@ mod freshness;
 mod full_disk;
 mod gc;
 mod graceful_shutdown;
+mod grafana_dashboard;
 mod hostile_clients;
 mod hostile_upstream;
 mod integrity;
 mod logging;
 mod namespaces;
+mod offline;
 mod operations;
+mod prewarm;
 mod pull;
 mod real_clients;
 mod registries;
@@ -29,5 +33,6 @@ mod s3_replicas;
 mod shared_tasks;
 mod single_flight;
 mod startup;
+mod status_page;
 mod storage_contract;
 mod upstream_errors;

@@ -1,7 +1,7 @@
 //! What an operator sees: metrics that move with pulls, readiness that follows storage, a start
 //! without upstream that still serves the cache, TLS, and request size limits.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -9,28 +9,26 @@ use crate::common::*;
 /// log line and metrics are recorded when its body ends, a moment after the client has read the
 /// last byte, so a single scrape could be early.
 async fn expect_metrics(mirror: &Mirror, expected: &[(&str, f64)]) -> Metrics {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = mirror.metrics().await;
-        let wrong: Vec<_> = expected
-            .iter()
-            .filter(|(series, value)| metrics.value(series) != *value)
-            .map(|(series, value)| {
-                format!("{series} = {} (expected {value})", metrics.value(series))
-            })
-            .collect();
-        if wrong.is_empty() {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}
-\n{}",
-            wrong.join("\n"),
-            metrics.0
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "the expected metrics",
+        Duration::from_secs(10),
+        async || {
+            let metrics = mirror.metrics().await;
+            let wrong: Vec<_> = expected
+                .iter()
+                .filter(|(series, value)| metrics.value(series) != *value)
+                .map(|(series, value)| {
+                    format!("{series} = {} (expected {value})", metrics.value(series))
+                })
+                .collect();
+            if wrong.is_empty() {
+                Ok(metrics)
+            } else {
+                Err(format!("{}\n\n{}", wrong.join("\n"), metrics.0))
+            }
+        },
+    )
+    .await
 }
 
 const MANIFEST_GETS: &str =
@@ -195,17 +193,17 @@ async fn readiness_follows_storage_writability() {
         let _ = std::fs::remove_dir_all(&internal);
         let _ = std::fs::write(&internal, b"not a directory");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let body = loop {
+    let body = until("readiness to fail", Duration::from_secs(10), async || {
         let response = reqwest::get(format!("{}/readyz", mirror.debug_url))
             .await
             .unwrap();
         if response.status() == 503 {
-            break response.text().await.unwrap();
+            Some(response.text().await.unwrap())
+        } else {
+            None
         }
-        assert!(Instant::now() < deadline, "readiness never failed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert!(body.contains("does not take writes"), "{body}");
     assert!(
         body.contains(&mirror.storage.display().to_string()),
@@ -225,11 +223,12 @@ async fn readiness_follows_storage_writability() {
     );
 
     std::fs::remove_file(&internal).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(format!("{}/readyz", mirror.debug_url)).await != 200 {
-        assert!(Instant::now() < deadline, "readiness never recovered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "readiness to recover",
+        Duration::from_secs(10),
+        async || status(format!("{}/readyz", mirror.debug_url)).await == 200,
+    )
+    .await;
 }
 
 /// A CA, and a certificate it signed for 127.0.0.1, as PEM files in `dir`.

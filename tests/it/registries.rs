@@ -1300,24 +1300,7 @@ async fn registry_passwords_from_the_environment_never_reach_the_log() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let fields = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = cistern.log_lines().iter().find_map(|line| {
-                let json: Value = serde_json::from_str(line).ok()?;
-                (json["fields"]["request_id"] == "ghcr-pull-1").then(|| json["fields"].clone())
-            });
-            if let Some(fields) = found {
-                break fields;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no request line:\n{}",
-                cistern.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let fields = cistern.request_line("ghcr-pull-1").await;
     assert_eq!(fields["registry"], "ghcr.io", "{fields}");
     cistern.terminate();
     assert!(cistern.exit_status(Duration::from_secs(20)).await.success());
@@ -1831,15 +1814,6 @@ async fn a_shared_layer_asked_through_two_registries_at_once_is_downloaded_once(
     assert!(mirror.has_content(&digest));
 }
 
-/// Polls `done` until it holds, failing with `what` after a deadline.
-async fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_failing_for_one_registry_does_not_fail_another_that_holds_the_blob() {
     let fleet = Fleet::start().await;
@@ -1850,23 +1824,19 @@ async fn a_fetch_failing_for_one_registry_does_not_fail_another_that_holds_the_b
     let digest = fleet.ghcr.add_blob("owner/app", &layer);
     let gate = fleet.quay.hold(&digest);
     let mirror = fleet.setup().start().await;
-    let get = |path: String| {
-        let (http, url) = (mirror.http.clone(), mirror.url.clone());
-        tokio::spawn(async move {
-            let response = http.get(format!("{url}{path}")).send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.bytes().await.unwrap())
-        })
-    };
+    let get = |path: String| mirror.spawn_get(&path);
     let through_quay = get(format!("/v2/quay.io/owner/app/blobs/{digest}"));
-    wait_for("quay's upstream is asked", || {
-        fleet.quay.count(Method::GET, &digest) == 1
-    })
+    until(
+        "quay's upstream is asked",
+        Duration::from_secs(10),
+        async || fleet.quay.count(Method::GET, &digest) == 1,
+    )
     .await;
     let through_ghcr = get(format!("/v2/ghcr.io/owner/app/blobs/{digest}"));
-    wait_for(
+    until(
         "ghcr's upstream is asked while quay's fetch is in flight",
-        || asked(&fleet.ghcr, &digest) >= 1,
+        Duration::from_secs(10),
+        async || asked(&fleet.ghcr, &digest) >= 1,
     )
     .await;
     gate.close();
@@ -1962,14 +1932,17 @@ async fn concurrent_cold_tags_of_the_same_name_on_two_registries_are_not_shared(
         })
     };
     let from_hub = get("/v2/owner/app/manifests/1.0");
-    wait_for("the hub is asked for the tag", || {
-        fleet.hub.count(Method::GET, "/manifests/1.0") == 1
-    })
+    until(
+        "the hub is asked for the tag",
+        Duration::from_secs(10),
+        async || fleet.hub.count(Method::GET, "/manifests/1.0") == 1,
+    )
     .await;
     let from_ghcr = get("/v2/owner/app/manifests/1.0?ns=ghcr.io");
-    wait_for(
+    until(
         "ghcr is asked for its own tag while the hub's is in flight",
-        || fleet.ghcr.count(Method::GET, "/manifests/1.0") == 1,
+        Duration::from_secs(10),
+        async || fleet.ghcr.count(Method::GET, "/manifests/1.0") == 1,
     )
     .await;
     gate.close();

@@ -1,6 +1,8 @@
 //! cistern caching in S3 (a real S3-compatible server, moto, on loopback), and two replicas on
 //! one bucket behaving as one cache.
 
+use std::time::Duration;
+
 use crate::common::moto::Moto;
 use crate::common::*;
 use futures::StreamExt;
@@ -154,11 +156,18 @@ async fn store_requests_per_cold_and_warm_blob() {
             .iter()
             .any(|s| s.path.contains("list-type") && s.path.ends_with(&format!("prefix={prefix}")))
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !(listed("mirror%2F") && listed("mirror%2F_cistern%2Faccess%2F")) {
-        assert!(std::time::Instant::now() < deadline, "{:?}", counter.seen());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until(
+        "the listings at start",
+        Duration::from_secs(10),
+        async || {
+            if listed("mirror%2F") && listed("mirror%2F_cistern%2Faccess%2F") {
+                Ok(())
+            } else {
+                Err(format!("{:?}", counter.seen()))
+            }
+        },
+    )
+    .await;
     let path = format!("/v2/org/app/blobs/{digest}");
 
     let start = counter.seen().len();
@@ -240,15 +249,11 @@ async fn blobs_read_whole_from_the_bucket_are_not_counted_as_cut_short() {
     }
     // The request's metrics are written when the server is done with its body.
     let answered = r#"cistern_requests_total{endpoint="blob",method="GET",status="200"}"#;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let metrics = loop {
+    let metrics = until("both GETs counted", Duration::from_secs(10), async || {
         let metrics = mirror.metrics().await;
-        if metrics.value(answered) >= 2.0 {
-            break metrics;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "both GETs logged");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        (metrics.value(answered) >= 2.0).then_some(metrics)
+    })
+    .await;
     let cut_short = r#"cistern_responses_cut_short_total{kind="blob"}"#;
     assert_eq!(
         metrics.value(cut_short),
@@ -260,12 +265,10 @@ async fn blobs_read_whole_from_the_bucket_are_not_counted_as_cut_short() {
     let mut body = mirror.get(&path).await.bytes_stream();
     body.next().await.unwrap().unwrap();
     drop(body);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while mirror.metrics().await.value(cut_short) < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a body abandoned mid-blob is counted as cut short"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until(
+        "a body abandoned mid-blob counted as cut short",
+        Duration::from_secs(10),
+        async || mirror.metrics().await.value(cut_short) >= 1.0,
+    )
+    .await;
 }

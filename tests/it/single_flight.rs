@@ -26,17 +26,6 @@ async fn slow_blob() -> (FakeUpstream, FaultProxy, Mirror, String, Vec<u8>) {
     (up, proxy, mirror, digest, bytes)
 }
 
-/// Polls until `done` holds; the fills under test take seconds, so allow plenty.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..3000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_clients_on_one_cold_blob_share_one_upstream_get() {
     let (up, _proxy, mirror, digest, bytes) = slow_blob().await;
@@ -53,9 +42,11 @@ async fn twenty_clients_on_one_cold_blob_share_one_upstream_get() {
 
     // The twentieth client joins when 80% has arrived: it gets that much at once, before the
     // fill completes, and the rest as it comes.
-    until("80% of the blob is spooled", || {
-        mirror.spooled_bytes() >= (bytes.len() * 8 / 10) as u64
-    })
+    until(
+        "80% of the blob is spooled",
+        Duration::from_secs(30),
+        async || mirror.spooled_bytes() >= (bytes.len() * 8 / 10) as u64,
+    )
     .await;
     let late = mirror.get(&path).await;
     assert_eq!(late.status(), 200);
@@ -142,7 +133,10 @@ async fn a_client_that_disconnects_does_not_cancel_the_fill() {
     let partial = mirror.get_range(&path, "bytes=0-").await;
     drop(partial);
 
-    until("the blob is cached", || mirror.has_content(&digest)).await;
+    until("the blob is cached", Duration::from_secs(30), async || {
+        mirror.has_content(&digest)
+    })
+    .await;
     let again = mirror.get(&path).await;
     assert!(again.bytes().await.unwrap() == bytes);
     assert_eq!(up.count(Method::GET, &format!("/blobs/{digest}")), 1);
@@ -234,25 +228,24 @@ async fn a_fill_that_fails_for_one_repository_does_not_fail_another_that_holds_t
     up.add_blob("owner/lacks-it", b"something else");
     let gate = up.hold(&format!("/v2/owner/lacks-it/blobs/{digest}"));
     let mirror = MirrorSetup::new(&up.url).start().await;
-    let get = |path: String| {
-        let (http, url) = (mirror.http.clone(), mirror.url.clone());
-        tokio::spawn(async move {
-            let response = http.get(format!("{url}{path}")).send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.bytes().await.unwrap())
-        })
-    };
+    let get = |path: String| mirror.spawn_get(&path);
     let lacking = get(format!("/v2/owner/lacks-it/blobs/{digest}"));
-    until("the lacking repository's fetch is in flight", || {
-        up.count(Method::GET, &format!("/v2/owner/lacks-it/blobs/{digest}")) == 1
-    })
+    until(
+        "the lacking repository's fetch is in flight",
+        Duration::from_secs(30),
+        async || up.count(Method::GET, &format!("/v2/owner/lacks-it/blobs/{digest}")) == 1,
+    )
     .await;
     let holding = get(format!("/v2/owner/has-it/blobs/{digest}"));
-    until("upstream is asked for the holding repository", || {
-        up.count(Method::HEAD, &format!("/v2/owner/has-it/blobs/{digest}"))
-            + up.count(Method::GET, &format!("/v2/owner/has-it/blobs/{digest}"))
-            >= 1
-    })
+    until(
+        "upstream is asked for the holding repository",
+        Duration::from_secs(30),
+        async || {
+            up.count(Method::HEAD, &format!("/v2/owner/has-it/blobs/{digest}"))
+                + up.count(Method::GET, &format!("/v2/owner/has-it/blobs/{digest}"))
+                >= 1
+        },
+    )
     .await;
     gate.close();
     assert_eq!(lacking.await.unwrap().0, 404);

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -70,20 +70,16 @@ proxy:
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(response) = http.get(format!("{url}/v2/")).send().await {
-            assert_eq!(response.status(), 200);
-            assert_eq!(header(&response, "x-content-type-options"), "nosniff");
-            break;
-        }
+    let response = until("cistern to listen", Duration::from_secs(20), async || {
         assert!(
             child.try_wait().unwrap().is_none(),
             "cistern exited at start"
         );
-        assert!(Instant::now() < deadline, "cistern did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        http.get(format!("{url}/v2/")).send().await.ok()
+    })
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-content-type-options"), "nosniff");
     let response = http
         .get(format!("{url}/v2/private/secret/manifests/1.0"))
         .header("accept", DOCKER_ACCEPT)

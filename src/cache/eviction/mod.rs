@@ -8,8 +8,9 @@
 //! it keeps reading (an open file on the filesystem; a stream already under way on S3), and one
 //! whose record was deleted finds storage's 404, which means fetch again.
 
-mod lease;
+pub(super) mod lease;
 pub mod plan;
+pub mod purge_plan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +26,9 @@ use crate::storage::layout;
 
 /// How often the evictor looks at the cache's size.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// The least time between two checks when writes above the high watermark wake the
+/// evictor: a burst of writes makes one check, not one each.
+const WOKEN_GAP: Duration = Duration::from_millis(500);
 /// On a full store, eviction frees this fraction (1/n) of what is stored at least.
 const FULL_DISK_SHARE: u64 = 10;
 
@@ -148,6 +152,15 @@ impl Cache {
         Ok(snapshot)
     }
 
+    /// The content being fetched from upstream right now: never deleted.
+    pub(super) fn in_flight_digests(&self) -> HashSet<String> {
+        self.fills()
+            .digests()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
     /// What an eviction down to `target_bytes` would delete now.
     pub async fn plan_eviction(
         &self,
@@ -155,12 +168,7 @@ impl Cache {
         config: &CacheConfig,
     ) -> Result<(Plan, u64), CacheError> {
         let snapshot = self.eviction_snapshot().await?;
-        let in_flight: HashSet<String> = self
-            .fills()
-            .digests()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let in_flight = self.in_flight_digests();
         let pinned = |repository: &str, tag: &str| config.pins.pins(repository, tag);
         let policy = Policy {
             target_bytes,
@@ -196,6 +204,9 @@ impl Cache {
                     continue;
                 };
                 storage.delete(&key(&repo, &digest)).await?;
+                // Served from memory, a deleted link would outlive its record for a minute.
+                self.inner.hot.forget_manifest(&repo, &digest);
+                self.inner.hot.forget_blob(&repo, &digest);
             }
         }
         let mut freed = 0;
@@ -205,6 +216,7 @@ impl Cache {
             };
             freed += storage.index().content_size(digest).unwrap_or(0);
             storage.delete(&layout::content(&parsed)).await?;
+            self.inner.hot.forget_small_blob(&parsed);
         }
         Ok(freed)
     }
@@ -212,15 +224,17 @@ impl Cache {
     /// One check: above the high watermark, evicts down to the low one; below `cache.minfree`,
     /// frees what brings the disk back above it; when storage refused a write for lack of
     /// space for another reason, frees a tenth of what is stored. The lowest target wins.
+    /// True when it should have evicted but could not (nothing evictable, another replica's
+    /// lease, a storage error): a write going over budget need not wake it again at once.
     pub async fn keep_within(
         &self,
         budget: Option<&Budget>,
         storage_full: bool,
         config: &CacheConfig,
-    ) {
+    ) -> bool {
         let index = self.storage().index();
         if !index.is_built() {
-            return;
+            return false;
         }
         let before = index.totals().content_bytes;
         let max_bytes = budget.map_or(0, |b| b.max_bytes);
@@ -231,23 +245,25 @@ impl Cache {
             storage_full,
         ) else {
             self.metrics().cache_size(before, max_bytes, None);
-            return;
+            return false;
         };
         // Replicas of one bucket evict one at a time.
         let lease = match lease::Lease::take(self.storage(), &self.inner.replica).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 self.metrics().eviction_deferred();
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the eviction lease; trying again shortly");
-                return;
+                return true;
             }
         };
-        self.evict_down_to(target, before, max_bytes, storage_full, config)
+        let stuck = self
+            .evict_down_to(target, before, max_bytes, storage_full, config)
             .await;
         lease.release().await;
+        stuck
     }
 
     async fn evict_down_to(
@@ -257,7 +273,7 @@ impl Cache {
         max_bytes: u64,
         storage_full: bool,
         config: &CacheConfig,
-    ) {
+    ) -> bool {
         let index = self.storage().index();
         let (plan, pinned) = match self.plan_eviction(target, config).await {
             Ok((plan, pinned)) => {
@@ -266,7 +282,7 @@ impl Cache {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot plan an eviction; trying again shortly");
-                return;
+                return true;
             }
         };
         if plan.content.is_empty() && plan.tags.is_empty() {
@@ -276,7 +292,7 @@ impl Cache {
                 storage_full,
                 "cache is over its budget but nothing may be evicted now (pinned, being fetched or served within cache.keeprecent)"
             );
-            return;
+            return true;
         }
         match self.evict(&plan).await {
             Ok(freed) => {
@@ -309,8 +325,12 @@ impl Cache {
                     "evicted to keep within cache.maxsize, or to make room on a full store"
                 );
             }
-            Err(e) => tracing::warn!(error = %e, "eviction stopped early; trying again shortly"),
+            Err(e) => {
+                tracing::warn!(error = %e, "eviction stopped early; trying again shortly");
+                return true;
+            }
         }
+        false
     }
 
     /// Starts the evictor: every few seconds against `cache.maxsize` and `cache.minfree` when
@@ -318,27 +338,53 @@ impl Cache {
     pub fn spawn_evictor(&self, config: CacheConfig) -> tokio::task::JoinHandle<()> {
         let cache = self.clone();
         let periodic = config.budget.is_some() || self.storage().free_floor().is_set();
+        if let Some(budget) = &config.budget {
+            // Writes that take content above the high mark wake the evictor at once: a
+            // small budget would otherwise be overrun many times over between checks.
+            self.storage().index().alarm_above(budget.high_bytes);
+            self.metrics().cache_size(0, budget.max_bytes, None);
+        }
         tokio::spawn(async move {
+            let storage = cache.storage().clone();
             let mut ticker = tokio::time::interval(CHECK_EVERY);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_check: Option<std::time::Instant> = None;
+            let mut last_check: Option<tokio::time::Instant> = None;
+            // Off while the cache is over budget with nothing evictable: the ticker retries.
+            let mut alarm_armed = true;
             loop {
-                let refused = tokio::select! {
-                    _ = ticker.tick(), if periodic => false,
-                    _ = cache.storage_pressure().refusal() => true,
+                let woken = tokio::select! {
+                    _ = ticker.tick(), if periodic => Woken::Tick,
+                    _ = storage.index().size_alarm(), if alarm_armed => Woken::OverBudget,
+                    _ = storage.pressure().refusal() => Woken::Refused,
                 };
-                // Every refused write wakes the evictor; one check per interval is enough.
-                if refused && last_check.is_some_and(|at| at.elapsed() < CHECK_EVERY) {
-                    continue;
+                let since = last_check.map(|at| at.elapsed());
+                match woken {
+                    // Every refused write wakes the evictor; one check per interval is enough.
+                    Woken::Refused if since.is_some_and(|s| s < CHECK_EVERY) => continue,
+                    Woken::OverBudget if since.is_some_and(|s| s < WOKEN_GAP) => {
+                        tokio::time::sleep(WOKEN_GAP - since.unwrap_or_default()).await
+                    }
+                    _ => {}
                 }
-                last_check = Some(std::time::Instant::now());
-                let full = refused || cache.storage_pressure().is_full();
-                cache
+                last_check = Some(tokio::time::Instant::now());
+                let full = woken == Woken::Refused || storage.pressure().is_full();
+                let stuck = cache
                     .keep_within(config.budget.as_ref(), full, &config)
                     .await;
+                alarm_armed = !stuck;
             }
         })
     }
+}
+
+/// What woke the evictor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Woken {
+    Tick,
+    /// A write took content above the high watermark.
+    OverBudget,
+    /// A write was refused for lack of space.
+    Refused,
 }
 
 /// The content bytes to evict down to, if any: the low watermark above the high one; enough

@@ -82,13 +82,111 @@ pub struct Plan {
     pub bytes_after: u64,
 }
 
-struct Image {
-    repository: String,
-    tag: Option<String>,
-    digest: String,
+pub(super) struct Image {
+    pub(super) repository: String,
+    pub(super) tag: Option<String>,
+    pub(super) digest: String,
     /// The root manifest and everything it references, transitively.
-    closure: Vec<String>,
+    pub(super) closure: Vec<String>,
     last_pulled_ms: u64,
+}
+
+impl Image {
+    /// How a person names it: `repository:tag`, or `repository@digest` when no tag reaches it.
+    pub(super) fn shown(&self) -> String {
+        match &self.tag {
+            Some(tag) => format!("{}:{tag}", self.repository),
+            None => format!("{}@{}", self.repository, self.digest),
+        }
+    }
+}
+
+/// References held by the images still kept: over all repositories, and per repository.
+pub(super) struct Ledger {
+    held: HashMap<String, usize>,
+    held_in: HashMap<(String, String), usize>,
+}
+
+impl Ledger {
+    pub(super) fn of(images: &[Image]) -> Self {
+        let mut ledger = Ledger {
+            held: HashMap::new(),
+            held_in: HashMap::new(),
+        };
+        for image in images {
+            for digest in &image.closure {
+                *ledger.held.entry(digest.clone()).or_default() += 1;
+                *ledger
+                    .held_in
+                    .entry((image.repository.clone(), digest.clone()))
+                    .or_default() += 1;
+            }
+        }
+        ledger
+    }
+
+    /// How many kept images reference `digest`, in any repository.
+    pub(super) fn holders(&self, digest: &str) -> usize {
+        self.held.get(digest).copied().unwrap_or(0)
+    }
+
+    /// How many kept images of `repository` reference `digest`.
+    pub(super) fn holders_in(&self, repository: &str, digest: &str) -> usize {
+        self.held_in
+            .get(&(repository.to_owned(), digest.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Takes `image` out of the kept images and adds to `plan` what goes with it: its tag, the
+    /// links its repository no longer needs, and the content no kept image references any
+    /// more, unless `keep` says that content must stay.
+    pub(super) fn remove(
+        &mut self,
+        image: Image,
+        snapshot: &Snapshot,
+        plan: &mut Plan,
+        keep: &dyn Fn(&str) -> bool,
+    ) {
+        let repo = &snapshot.repositories[&image.repository];
+        if let Some(tag) = &image.tag {
+            plan.tags.push((image.repository.clone(), tag.clone()));
+        }
+        for digest in &image.closure {
+            let in_repo = self
+                .held_in
+                .get_mut(&(image.repository.clone(), digest.clone()))
+                .expect("every closure digest was counted");
+            *in_repo -= 1;
+            if *in_repo == 0 {
+                if repo.manifests.contains(digest) {
+                    plan.manifest_links
+                        .push((image.repository.clone(), digest.clone()));
+                }
+                if repo.blobs.contains(digest) {
+                    plan.blob_links
+                        .push((image.repository.clone(), digest.clone()));
+                }
+            }
+            let anywhere = self
+                .held
+                .get_mut(digest)
+                .expect("every closure digest was counted");
+            *anywhere -= 1;
+            if *anywhere == 0 {
+                if let Some(size) = snapshot.content.get(digest).filter(|_| !keep(digest)) {
+                    plan.bytes_after -= size;
+                    plan.content.push(digest.clone());
+                }
+            }
+        }
+        plan.images.push(EvictedImage {
+            repository: image.repository,
+            tag: image.tag,
+            digest: image.digest,
+            last_pulled_ms: image.last_pulled_ms,
+        });
+    }
 }
 
 /// The digest and everything it references, transitively, each once.
@@ -108,7 +206,7 @@ fn closure(root: &str, references: &HashMap<String, Vec<String>>) -> Vec<String>
     order
 }
 
-fn images(snapshot: &Snapshot) -> Vec<Image> {
+pub(super) fn images(snapshot: &Snapshot) -> Vec<Image> {
     let served = |digest: &str| snapshot.content_served.get(digest).copied().unwrap_or(0);
     let mut images = Vec::new();
     for (repository, repo) in &snapshot.repositories {
@@ -171,17 +269,7 @@ pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
     };
     let untouchable = |digest: &str| policy.in_flight.contains(digest) || recently_served(digest);
     let mut images = images(snapshot);
-    // References held by kept images: over all repositories, and per repository.
-    let mut held: HashMap<String, usize> = HashMap::new();
-    let mut held_in: HashMap<(String, String), usize> = HashMap::new();
-    for image in &images {
-        for digest in &image.closure {
-            *held.entry(digest.clone()).or_default() += 1;
-            *held_in
-                .entry((image.repository.clone(), digest.clone()))
-                .or_default() += 1;
-        }
-    }
+    let mut ledger = Ledger::of(&images);
     if plan.bytes_after <= policy.target_bytes {
         return plan;
     }
@@ -189,7 +277,7 @@ pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
     let mut orphans: Vec<&String> = snapshot
         .content
         .keys()
-        .filter(|d| !held.contains_key(*d) && !untouchable(d))
+        .filter(|d| ledger.holders(d) == 0 && !untouchable(d))
         .collect();
     orphans.sort_by_key(|d| (snapshot.content_served.get(*d).copied().unwrap_or(0), *d));
     for digest in orphans {
@@ -225,59 +313,25 @@ pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
         // Content only this image holds that is being fetched or was just served (a client
         // reading a layer of it) could not go with it: evicting the rest would leave that
         // content an orphan and free nothing, so the whole image stays.
-        let in_use = |d: &String| {
-            policy.in_flight.contains(d) || (held.get(d).is_some_and(|n| *n == 1) && untouchable(d))
-        };
+        let in_use =
+            |d: &String| policy.in_flight.contains(d) || (ledger.holders(d) == 1 && untouchable(d));
         let protected =
             image.last_pulled_ms >= policy.protect_since_ms || image.closure.iter().any(in_use);
         if pinned || protected {
             continue;
         }
-        let repo = &snapshot.repositories[&image.repository];
-        if let Some(tag) = &image.tag {
-            plan.tags.push((image.repository.clone(), tag.clone()));
-        }
-        for digest in &image.closure {
-            let in_repo = held_in
-                .get_mut(&(image.repository.clone(), digest.clone()))
-                .expect("every closure digest was counted");
-            *in_repo -= 1;
-            if *in_repo == 0 {
-                if repo.manifests.contains(digest) {
-                    plan.manifest_links
-                        .push((image.repository.clone(), digest.clone()));
-                }
-                if repo.blobs.contains(digest) {
-                    plan.blob_links
-                        .push((image.repository.clone(), digest.clone()));
-                }
-            }
-            let anywhere = held
-                .get_mut(digest)
-                .expect("every closure digest was counted");
-            *anywhere -= 1;
-            if *anywhere == 0 && snapshot.content.contains_key(digest) && !untouchable(digest) {
-                plan.bytes_after -= size(digest);
-                plan.content.push(digest.clone());
-            }
-        }
-        plan.images.push(EvictedImage {
-            repository: image.repository,
-            tag: image.tag,
-            digest: image.digest,
-            last_pulled_ms: image.last_pulled_ms,
-        });
+        ledger.remove(image, snapshot, &mut plan, &untouchable);
     }
     plan
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Two images sharing a base layer in one repository, and one in another registry sharing
     /// it too; each manifest is 1 byte, each layer 100.
-    fn snapshot() -> Snapshot {
+    pub(in crate::cache::eviction) fn snapshot() -> Snapshot {
         let mut s = Snapshot::default();
         for (digest, size) in [
             ("m-old", 1),

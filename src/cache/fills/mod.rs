@@ -19,6 +19,7 @@ mod task;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -73,6 +74,25 @@ pub struct Fill {
     progress: watch::Receiver<Progress>,
     /// Clients streaming the blob right now; a fill nobody reads is held to the rate floor.
     readers: Arc<AtomicUsize>,
+    started: Instant,
+}
+
+/// A fill as the status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FillView {
+    pub repository: String,
+    pub digest: String,
+    /// Bytes received so far.
+    pub bytes: u64,
+    /// The blob's size, once upstream said.
+    pub total: Option<u64>,
+    /// `connecting` (waiting for a turn or for upstream), `receiving`, `verified`, `failed`.
+    pub state: &'static str,
+    pub elapsed_seconds: f64,
+    /// Mean rate since the fill started.
+    pub bytes_per_second: f64,
+    /// Clients streaming it right now.
+    pub clients: usize,
 }
 
 /// What a fill task needs from the cache.
@@ -94,6 +114,18 @@ impl Fills {
     /// The digests being fetched right now.
     pub fn digests(&self) -> Vec<Digest> {
         self.in_flight.keys()
+    }
+
+    /// Every fill in flight, by digest.
+    pub fn views(&self) -> Vec<FillView> {
+        let mut views: Vec<FillView> = self
+            .digests()
+            .iter()
+            .filter_map(|digest| self.get(digest))
+            .map(|fill| fill.view())
+            .collect();
+        views.sort_by(|a, b| a.digest.cmp(&b.digest));
+        views
     }
 
     /// The fill in flight for `digest`, if any.
@@ -127,6 +159,7 @@ impl Fills {
                 reader: spool.reader(),
                 progress,
                 readers: readers.clone(),
+                started: Instant::now(),
             });
             let task = task::FillTask::new(inputs.clone(), repo, digest, spool, readers);
             Ok((fill, move |publisher| task.run(publisher)))
@@ -155,6 +188,30 @@ impl Fill {
     pub async fn settled(&self) {
         let mut progress = self.progress.clone();
         let _ = progress.wait_for(|p| p.is_settled()).await;
+    }
+
+    fn view(&self) -> FillView {
+        let progress = self.progress.borrow().clone();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        FillView {
+            repository: self.repo.as_str().to_owned(),
+            digest: self.digest.to_string(),
+            bytes: progress.written,
+            total: progress.total,
+            state: match progress.state {
+                FillState::Connecting => "connecting",
+                FillState::Receiving => "receiving",
+                FillState::Verified => "verified",
+                FillState::Failed(_) => "failed",
+            },
+            elapsed_seconds: elapsed,
+            bytes_per_second: if elapsed > 0.0 {
+                progress.written as f64 / elapsed
+            } else {
+                0.0
+            },
+            clients: self.readers.load(Ordering::SeqCst),
+        }
     }
 
     fn watch(&self) -> watch::Receiver<Progress> {

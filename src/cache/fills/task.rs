@@ -18,6 +18,7 @@ use crate::cache::single_flight::Publisher;
 use crate::cache::{blob_unknown, CacheError};
 use crate::registry::{Digest, RepoName};
 use crate::storage::{layout, ContentWriter, Refusal, SpoolFile, StorageError};
+use crate::telemetry::ProblemKind;
 use crate::upstream::Resumed;
 
 /// Times a broken download is resumed before the fill gives up.
@@ -125,6 +126,7 @@ impl FillTask {
             }
             Err(e) => {
                 tracing::warn!(registry = %self.repo.registry(), repository = %self.repo, digest = %self.digest, error = %e, "blob fill failed; nothing was cached");
+                self.report_problem(&e);
                 if let Some(upload) = self.upload.take() {
                     upload.abort().await;
                 }
@@ -331,6 +333,21 @@ impl FillTask {
                     reason,
                 })
             })
+    }
+
+    /// A failed fill goes on the status page's problems, unless upstream just does not have
+    /// the blob (the client's 404 says so).
+    fn report_problem(&self, error: &CacheError) {
+        let kind = match error {
+            CacheError::Upstream(e) if e.is_not_found() => return,
+            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
+                ProblemKind::DigestMismatch
+            }
+            _ => ProblemKind::Upstream,
+        };
+        let message = format!("blob fill of {} failed: {error}", self.digest);
+        let repository = Some(self.repo.as_str());
+        self.inputs.metrics.problem(kind, repository, &message);
     }
 
     fn spool_error(&self, source: std::io::Error) -> CacheError {

@@ -3,11 +3,13 @@
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use super::until;
 
 /// A running cistern process whose log (stdout and stderr) is collected line by line.
 pub struct Binary {
@@ -56,23 +58,23 @@ impl Binary {
             debug_url: None,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let addr = until("cistern to serve", Duration::from_secs(20), async || {
             if let Some(addr) = binary.logged_addr("cistern serving") {
-                binary.url = format!("http://{addr}");
-                binary.debug_url = binary
-                    .logged_addr("debug listener (metrics, health) serving")
-                    .map(|addr| format!("http://{addr}"));
-                return binary;
+                return Ok(addr);
             }
             assert!(
                 binary.child.try_wait().unwrap().is_none(),
                 "cistern exited at start:\n{}",
                 binary.log_text()
             );
-            assert!(Instant::now() < deadline, "cistern did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("the log:\n{}", binary.log_text()))
+        })
+        .await;
+        binary.url = format!("http://{addr}");
+        binary.debug_url = binary
+            .logged_addr("debug listener (metrics, health) serving")
+            .map(|addr| format!("http://{addr}"));
+        binary
     }
 
     /// The `addr` field of the first line with this message.
@@ -95,6 +97,22 @@ impl Binary {
 
     pub fn log_text(&self) -> String {
         self.log_lines().join("\n")
+    }
+
+    /// The `fields` of the JSON request line for request id `id`, once it is written.
+    pub async fn request_line(&self, id: &str) -> Value {
+        until(
+            &format!("the request line of {id}"),
+            Duration::from_secs(10),
+            async || {
+                let found = self.log_lines().iter().find_map(|line| {
+                    let json: Value = serde_json::from_str(line).ok()?;
+                    (json["fields"]["request_id"] == id).then(|| json["fields"].clone())
+                });
+                found.ok_or_else(|| format!("the log:\n{}", self.log_text()))
+            },
+        )
+        .await
     }
 
     /// Sends SIGTERM, as `docker stop` and Kubernetes do.

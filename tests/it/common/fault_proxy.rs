@@ -195,6 +195,12 @@ impl FaultProxy {
         self.shared.max_blob_fetches.load(Ordering::SeqCst)
     }
 
+    /// Forwarded requests whose path contains "/blobs/" in progress now (their response body
+    /// not yet completely sent nor dropped).
+    pub fn blob_fetches_in_progress(&self) -> usize {
+        self.shared.blob_fetches.load(Ordering::SeqCst)
+    }
+
     /// Requests the proxy received, in order.
     pub fn seen(&self) -> Vec<ProxySeen> {
         self.shared.seen.lock().unwrap().clone()

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod fault_proxy;
 pub mod hostile;
 pub mod moto;
+pub mod poll;
 pub mod tmpfs;
 pub mod upstream;
 
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 // Not every test crate that includes this module uses the proxy.
 #[allow(unused_imports)]
 pub use fault_proxy::{Fault, FaultProxy};
+pub use poll::until;
 pub use upstream::{sha256, FakeUpstream, PASSWORD, USER};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -221,6 +223,17 @@ impl Mirror {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A GET of `path` in a task of its own (to be answered while the test does more): its
+    /// status and body.
+    pub fn spawn_get(&self, path: &str) -> tokio::task::JoinHandle<(u16, Bytes)> {
+        let (http, url) = (self.http.clone(), format!("{}{path}", self.url));
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap())
+        })
     }
 
     /// A GET with `Range: {range}` (e.g. `bytes=10-19`).
@@ -570,4 +583,15 @@ pub fn add_multi_arch(up: &FakeUpstream, repo: &str, tag: &str) -> (Image, Vec<I
 /// The image most tests pull: `library/alpine:latest`, single platform.
 pub fn add_alpine(up: &FakeUpstream) -> Image {
     add_image(up, "library/alpine", Some("latest"), OCI_MANIFEST, "alpine")
+}
+
+/// An `auth.htpasswd` section with one user (bcrypt cost 4, quick in tests), its file in `dir`.
+pub fn htpasswd_section(dir: &Path, realm: &str, user: &str, password: &str) -> String {
+    let path = dir.join("htpasswd");
+    let hash = bcrypt::hash(password, 4).unwrap();
+    std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
+    format!(
+        "auth:\n  htpasswd:\n    realm: {realm}\n    path: {}\n",
+        path.display()
+    )
 }

@@ -83,6 +83,26 @@ async fn a_prewarmed_image_pulls_with_no_upstream_request() {
     );
     assert!(m.value("cistern_prewarm_fetched_bytes_total") >= 3.0 * 1024.0 * 1024.0);
     assert_eq!(m.value("cistern_prewarm_errors_total"), 0.0);
+
+    // The status page shows the same figures.
+    let summary: serde_json::Value = mirror
+        .http
+        .get(format!("{}/api/summary", mirror.debug_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown = &summary["prewarm"];
+    assert_eq!(
+        shown["runs"].as_f64(),
+        Some(m.value("cistern_prewarm_runs_total"))
+    );
+    assert_eq!(
+        shown["fetched_bytes"].as_f64(),
+        Some(m.value("cistern_prewarm_fetched_bytes_total"))
+    );
 }
 
 #[tokio::test]

@@ -94,6 +94,19 @@ pub struct StorageFigures {
     pub full: bool,
 }
 
+/// Pre-warming (`cache.prewarm` and warm-now requests), as the metrics count it.
+#[derive(Serialize)]
+pub struct PrewarmFigures {
+    pub runs: u64,
+    pub images_checked: u64,
+    pub images_moved: u64,
+    pub images_fetched: u64,
+    pub fetched_bytes: u64,
+    pub errors: u64,
+    /// When a run last ended (Unix seconds); 0 never.
+    pub last_run: u64,
+}
+
 /// Everything `/api/summary` answers.
 #[derive(Serialize)]
 pub struct Summary {
@@ -105,6 +118,7 @@ pub struct Summary {
     pub registries: Vec<RegistryFigures>,
     pub storage: StorageFigures,
     pub fills_in_flight: u64,
+    pub prewarm: PrewarmFigures,
 }
 
 /// Every metric, read back after the gauges computed on demand were set, as a scrape does.
@@ -163,6 +177,15 @@ pub fn summary(cache: &Cache, readings: &Readings, uptime_seconds: u64) -> Summa
             full: value("cistern_storage_full", &[]) == 1,
         },
         fills_in_flight: value("cistern_fills_in_flight", &[]),
+        prewarm: PrewarmFigures {
+            runs: value("cistern_prewarm_runs_total", &[]),
+            images_checked: value("cistern_prewarm_images_checked_total", &[]),
+            images_moved: value("cistern_prewarm_images_moved_total", &[]),
+            images_fetched: value("cistern_prewarm_images_fetched_total", &[]),
+            fetched_bytes: value("cistern_prewarm_fetched_bytes_total", &[]),
+            errors: value("cistern_prewarm_errors_total", &[]),
+            last_run: value("cistern_prewarm_last_run_timestamp_seconds", &[]),
+        },
     }
 }
 

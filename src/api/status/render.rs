@@ -25,6 +25,10 @@ pub fn page(summary: &Summary) -> String {
             format!("{} images", summary.storage.evicted_images),
         ),
         ("fills", summary.fills_in_flight.to_string()),
+        (
+            "prewarm",
+            format!("{} checks", summary.prewarm.images_checked),
+        ),
     ];
     values
         .iter()
@@ -63,7 +67,7 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled_with_its_figure() {
-        use super::super::figures::{Answers, StorageFigures};
+        use super::super::figures::{Answers, PrewarmFigures, StorageFigures};
         let summary = Summary {
             time: String::new(),
             uptime_seconds: 0,
@@ -86,8 +90,18 @@ mod tests {
                 full: false,
             },
             fills_in_flight: 0,
+            prewarm: PrewarmFigures {
+                runs: 1,
+                images_checked: 4,
+                images_moved: 1,
+                images_fetched: 1,
+                fetched_bytes: 10,
+                errors: 0,
+                last_run: 0,
+            },
         };
         let page = page(&summary);
+        assert!(page.contains(r#"id="prewarm">4 checks<"#));
         assert!(!page.contains("{{"), "a placeholder is left");
         assert!(page.contains(r#"id="hit-ratio">50.0 %<"#));
         assert!(page.contains(r#"id="requests">8<"#));

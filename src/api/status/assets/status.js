@@ -80,6 +80,10 @@ async function summary() {
   $("storage-detail").classList.toggle("bad", st.full);
   figure("evicted", count(st.evicted_images) + " images", st.evicted_images);
   figure("evicted-detail", bytes(st.evicted_bytes) + " freed");
+  const p = s.prewarm;
+  figure("prewarm", count(p.images_checked) + " checks", p.images_checked);
+  figure("prewarm-detail", p.runs ? count(p.runs) + " runs · " + count(p.images_moved) + " moved · " + bytes(p.fetched_bytes) + " fetched · " + count(p.errors) + " errors · last " + new Date(p.last_run * 1000).toLocaleTimeString() : "no pre-warm run yet");
+  $("prewarm-detail").classList.toggle("bad", p.errors > 0);
   figure("fills-count", count(s.fills_in_flight), s.fills_in_flight);
   figure("uptime", "up " + duration(s.uptime_seconds));
   registries(s.registries);

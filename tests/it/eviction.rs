@@ -221,7 +221,10 @@ enum Store {
     Filesystem,
     /// A bucket on moto, which cistern reaches through `proxy`, so a test can slow its reads
     /// and see which are still under way.
-    S3 { moto: Moto, proxy: Box<FaultProxy> },
+    S3 {
+        moto: Box<Moto>,
+        proxy: Box<FaultProxy>,
+    },
 }
 
 impl Store {
@@ -230,7 +233,7 @@ impl Store {
         moto.create_bucket(BUCKET).await;
         let proxy = FaultProxy::start(&moto.endpoint).await;
         Store::S3 {
-            moto,
+            moto: Box::new(moto),
             proxy: Box::new(proxy),
         }
     }

@@ -89,9 +89,14 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         storage.keep_free(min_free);
     }
     cache.spawn_evictor(config.cache.clone());
+    let registries = Arc::new(registry::MirroredRegistries::new(
+        &config.proxy.remote_url,
+        config.registries.iter().map(|r| r.host.clone()),
+    ));
     let prewarm = &config.cache.prewarm;
     let prewarmer = cache::prewarm::Prewarmer::new(
         cache.clone(),
+        registries.clone(),
         prewarm.platforms.clone(),
         prewarm.max_fetches,
     );
@@ -114,10 +119,6 @@ pub async fn app(config: &Config) -> Result<App, StartError> {
         .debug
         .as_ref()
         .and_then(|d| d.metrics_path.as_deref());
-    let registries = Arc::new(registry::MirroredRegistries::new(
-        &config.proxy.remote_url,
-        config.registries.iter().map(|r| r.host.clone()),
-    ));
     let admin = admin::router(admin::AdminState {
         cache: cache.clone(),
         registries: registries.clone(),

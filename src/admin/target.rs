@@ -6,25 +6,16 @@
 
 use crate::api::ApiError;
 use crate::cache::PurgeTarget;
-use crate::registry::{is_registry_host, MirroredRegistries, RegistryId, RepoName, Tag};
+use crate::registry::{MirroredRegistries, RepoName, Tag, UnservedName};
 
 /// A repository of a registry this mirror serves.
 pub fn repository(registries: &MirroredRegistries, name: &str) -> Result<RepoName, ApiError> {
-    match name.split_once('/') {
-        Some((host, rest)) if is_registry_host(host) => {
-            let Some(registry) = registries.lookup(host) else {
-                let repo = RepoName::parse_in(&RegistryId::Host(host.into()), rest)
-                    .map_err(ApiError::name_invalid)?;
-                return Err(ApiError::registry_not_mirrored(
-                    host,
-                    &repo,
-                    &registries.describe(),
-                ));
-            };
-            RepoName::parse_in(registry, rest).map_err(ApiError::name_invalid)
+    registries.repository(name).map_err(|e| match e {
+        UnservedName::Invalid(e) => ApiError::name_invalid(e),
+        UnservedName::NotMirrored { host, repo } => {
+            ApiError::registry_not_mirrored(&host, &repo, &registries.describe())
         }
-        _ => RepoName::parse(name).map_err(ApiError::name_invalid),
-    }
+    })
 }
 
 pub fn tag(tag: &str) -> Result<Tag, ApiError> {

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::records::{now_ms, TagRecord};
 use super::{Cache, CacheError, Outcome};
 use crate::config::{Platforms, PrewarmImage, TagSelector};
-use crate::registry::{Digest, RepoName, Tag};
+use crate::registry::{Digest, MirroredRegistries, RepoName, Tag};
 use crate::storage::layout;
 
 /// The most tags one pattern (`node:20-*`) warms: a pattern matching hundreds of tags is a
@@ -107,14 +107,22 @@ pub struct Prewarmer {
     cache: Cache,
     platforms: Platforms,
     fetches: Arc<Semaphore>,
+    /// How written names (`alpine`, `ghcr.io/myorg/app`) map to the registries served.
+    registries: Arc<MirroredRegistries>,
 }
 
 impl Prewarmer {
-    pub fn new(cache: Cache, platforms: Platforms, max_fetches: usize) -> Self {
+    pub fn new(
+        cache: Cache,
+        registries: Arc<MirroredRegistries>,
+        platforms: Platforms,
+        max_fetches: usize,
+    ) -> Self {
         Prewarmer {
             cache,
             platforms,
             fetches: Arc::new(Semaphore::new(max_fetches.max(1))),
+            registries,
         }
     }
 
@@ -124,7 +132,7 @@ impl Prewarmer {
             image: image.written.clone(),
             error,
         };
-        let repo = match self.cache.prewarm_name(&image.repository) {
+        let repo = match self.registries.repository(&image.repository) {
             Ok(repo) => repo,
             Err(e) => return report(failed(e.to_string())),
         };
@@ -270,19 +278,6 @@ impl Prewarmer {
 }
 
 impl Cache {
-    /// A pre-warm entry's repository, as clients name it (`alpine`, `docker.io/library/node`,
-    /// `ghcr.io/myorg/app`), in a registry this mirror serves.
-    pub fn prewarm_name(&self, written: &str) -> Result<RepoName, CacheError> {
-        let shown = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
-            .iter()
-            .find_map(|prefix| written.strip_prefix(prefix))
-            .unwrap_or(written);
-        let repo = RepoName::parse_shown(shown)
-            .map_err(|e| CacheError::Prewarm(format!("{written}: {e}")))?;
-        self.registry(&repo)?;
-        Ok(repo)
-    }
-
     /// Runs the pre-warm list now, then every `interval` (never again when zero).
     pub fn spawn_prewarmer(
         &self,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use url::Url;
 
+use super::name::{NameError, RepoName};
 use super::registry_id::{is_registry_host, RegistryId, DOCKER_HUB_NAME};
 
 /// Docker Hub's names: what clients call it, and the hosts its API is served from.
@@ -47,6 +48,22 @@ impl MirroredRegistries {
         self.by_host.get(&host.to_ascii_lowercase())
     }
 
+    /// A repository as a person writes it (`alpine`, `library/alpine`,
+    /// `docker.io/library/alpine`, `ghcr.io/owner/app`) in a registry this mirror serves: for
+    /// the admin actions and the pre-warm list.
+    pub fn repository(&self, written: &str) -> Result<RepoName, UnservedName> {
+        match written.split_once('/') {
+            Some((host, rest)) if is_registry_host(host) => match self.lookup(host) {
+                Some(registry) => Ok(RepoName::parse_in(registry, rest)?),
+                None => Err(UnservedName::NotMirrored {
+                    host: host.to_owned(),
+                    repo: RepoName::parse_in(&RegistryId::Host(host.into()), rest)?,
+                }),
+            },
+            _ => Ok(RepoName::parse(written)?),
+        }
+    }
+
     /// Whether `name`, as this mirror shows names (`library/alpine`, `ghcr.io/owner/app`),
     /// belongs to a registry served now: a cache may hold repositories of a registry since
     /// removed from the configuration.
@@ -75,6 +92,15 @@ impl MirroredRegistries {
         hosts.insert(0, DOCKER_HUB_NAME);
         hosts.join(", ")
     }
+}
+
+/// Why a written repository name is not one this mirror serves.
+#[derive(Debug, thiserror::Error)]
+pub enum UnservedName {
+    #[error(transparent)]
+    Invalid(#[from] NameError),
+    #[error("registry {host} is not mirrored here (repository {repo})")]
+    NotMirrored { host: String, repo: RepoName },
 }
 
 /// The host names that mean the default upstream: Docker Hub's and `remote`'s own.

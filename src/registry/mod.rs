@@ -12,7 +12,7 @@ mod registry_id;
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
 pub use manifest::{check_manifest, ManifestError};
 pub use media_type::{accepts, upstream_accept, DEFAULT_MANIFEST_ACCEPT};
-pub use mirrored::{default_hosts, MirroredRegistries, DOCKER_HUB_HOSTS};
+pub use mirrored::{default_hosts, MirroredRegistries, UnservedName, DOCKER_HUB_HOSTS};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, Tag, TagError};
 pub use registry_id::{is_registry_host, RegistryId, DOCKER_HUB_NAME};

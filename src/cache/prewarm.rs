@@ -107,6 +107,8 @@ pub struct Prewarmer {
     cache: Cache,
     platforms: Platforms,
     fetches: Arc<Semaphore>,
+    /// The semaphore's size: how many blobs one run asks for at once.
+    max_fetches: usize,
     /// How written names (`alpine`, `ghcr.io/myorg/app`) map to the registries served.
     registries: Arc<MirroredRegistries>,
 }
@@ -122,6 +124,7 @@ impl Prewarmer {
             cache,
             platforms,
             fetches: Arc::new(Semaphore::new(max_fetches.max(1))),
+            max_fetches: max_fetches.max(1),
             registries,
         }
     }
@@ -243,7 +246,7 @@ impl Prewarmer {
         let blobs: Vec<Digest> = images.into_iter().flatten().collect();
         let fetched: Vec<u64> = futures::stream::iter(blobs)
             .map(|digest| self.warm_blob(repo, digest))
-            .buffer_unordered(self.fetches.available_permits().max(1))
+            .buffer_unordered(self.max_fetches)
             .try_collect()
             .await?;
         for bytes in fetched.into_iter().filter(|b| *b > 0) {
